@@ -1,0 +1,1 @@
+//! ternforge inference engine.

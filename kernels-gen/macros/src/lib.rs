@@ -1,0 +1,1 @@
+//! ternforge proc-macros.

@@ -1,0 +1,1 @@
+//! ternforge kernel table and code generator.

@@ -1,0 +1,1 @@
+//! ternforge kernels.
