@@ -1,0 +1,327 @@
+//! Per-ISA instruction vocabularies. A backend turns abstract vector operations into the
+//! intrinsics of one ISA; the templates in `dot.rs` and `lut.rs` only talk to this trait.
+//!
+//! Vectors are always full width (`width()` bytes). Narrower loads zero-extend, so a template
+//! can process a 4-, 16- or 32-byte chunk with the same accumulators: zero code lanes times
+//! zero activation lanes add nothing.
+
+use crate::table::Isa;
+use proc_macro2::{Ident, TokenStream};
+use quote::{format_ident, quote};
+
+/// How a code vector is derived from a loaded byte vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeOp {
+    /// `(v >> shift) & 3`: a 2-bit field.
+    Shift2(u32),
+    /// `((v * 3^n) mod 256) * 3 >> 8`: base-3 trit `n` (ggml TQ1_0).
+    Trit(u32),
+}
+
+pub trait Backend {
+    fn isa(&self) -> Isa;
+    /// Bytes per vector register.
+    fn width(&self) -> usize;
+    /// Vector type used for all byte/i32 vectors.
+    fn vec_ty(&self) -> TokenStream;
+    /// `use` lines for the generated module.
+    fn prelude(&self) -> TokenStream;
+    /// Zero vector.
+    fn zero(&self) -> TokenStream;
+    /// Load `l` bytes (`l` in 1, 2, 4, 8, 16, 32, 64; `l <= width`) from `ptr` (a `*const u8`
+    /// or `*const i8`), zero-extended to a full vector.
+    fn load(&self, l: usize, ptr: TokenStream) -> TokenStream;
+    /// Derive a u8 code vector (lanes 0..=2) from a loaded vector.
+    fn code(&self, v: &Ident, op: CodeOp) -> TokenStream;
+    /// Statements: `acc += sum over pairs of dot(codes_u8, acts_i8)` in i32 lanes.
+    fn dot(&self, acc: &Ident, pairs: &[(Ident, Ident)]) -> TokenStream;
+    /// Horizontal i32 sum of an accumulator, as an `i32` expression.
+    fn hsum(&self, acc: TokenStream) -> TokenStream;
+    /// Statements: convert lanes `lane..lane + count` of code vector `codes` to
+    /// `(c - 1) as f32 * scale` (scale: an f32 expression) and store them at `out`
+    /// (a `*mut f32` expression).
+    fn store_dequant(
+        &self,
+        codes: &Ident,
+        lane: usize,
+        count: usize,
+        scale: TokenStream,
+        out: TokenStream,
+    ) -> TokenStream;
+    /// The widest contiguous run `store_dequant` handles in one step.
+    fn dequant_step(&self) -> usize;
+}
+
+pub fn backend(isa: Isa) -> Box<dyn Backend> {
+    match isa {
+        Isa::Scalar => Box::new(Scalar),
+        Isa::Avx2 => Box::new(X86 { isa, w: 32 }),
+        Isa::Avx512 | Isa::Avx512Vnni => Box::new(X86 { isa, w: 64 }),
+        Isa::Neon | Isa::NeonDot => Box::new(crate::backend_neon::Neon { isa }),
+    }
+}
+
+/// The `#[target_feature]` attribute of an ISA (empty for scalar).
+pub fn target_feature(isa: Isa) -> TokenStream {
+    let f = isa.target_features();
+    if f.is_empty() {
+        quote! {}
+    } else {
+        quote! { #[target_feature(enable = #f)] }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar: one byte per "vector", i32 accumulators.
+// ---------------------------------------------------------------------------------------------
+
+pub struct Scalar;
+
+impl Backend for Scalar {
+    fn isa(&self) -> Isa {
+        Isa::Scalar
+    }
+    fn width(&self) -> usize {
+        1
+    }
+    fn vec_ty(&self) -> TokenStream {
+        quote! { i32 }
+    }
+    fn prelude(&self) -> TokenStream {
+        quote! {}
+    }
+    fn zero(&self) -> TokenStream {
+        quote! { 0i32 }
+    }
+    fn load(&self, l: usize, ptr: TokenStream) -> TokenStream {
+        assert_eq!(l, 1, "scalar loads one byte");
+        quote! { (*(#ptr as *const u8)) as i32 }
+    }
+    fn code(&self, v: &Ident, op: CodeOp) -> TokenStream {
+        match op {
+            CodeOp::Shift2(s) => {
+                let s = proc_macro2::Literal::u32_unsuffixed(s);
+                quote! { ((#v >> #s) & 3) }
+            }
+            CodeOp::Trit(n) => {
+                let p = proc_macro2::Literal::i32_unsuffixed(3i32.pow(n));
+                quote! { ((((#v * #p) & 0xff) * 3) >> 8) }
+            }
+        }
+    }
+    fn dot(&self, acc: &Ident, pairs: &[(Ident, Ident)]) -> TokenStream {
+        // activations are loaded as u8 and must be sign-extended
+        let terms = pairs
+            .iter()
+            .map(|(c, a)| quote! { #c * ((#a as u8 as i8) as i32) });
+        quote! { #acc += #(#terms)+*; }
+    }
+    fn hsum(&self, acc: TokenStream) -> TokenStream {
+        acc
+    }
+    fn store_dequant(
+        &self,
+        codes: &Ident,
+        lane: usize,
+        count: usize,
+        scale: TokenStream,
+        out: TokenStream,
+    ) -> TokenStream {
+        assert!(lane == 0 && count == 1);
+        quote! { *#out = (#codes - 1) as f32 * #scale; }
+    }
+    fn dequant_step(&self) -> usize {
+        1
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86-64: AVX2 (ymm), AVX-512 BW (zmm, vpmaddubsw) and AVX-512 VNNI (zmm, vpdpbusd).
+// ---------------------------------------------------------------------------------------------
+
+pub struct X86 {
+    pub isa: Isa,
+    pub w: usize,
+}
+
+impl X86 {
+    fn wide(&self) -> bool {
+        self.w == 64
+    }
+    /// Intrinsic name with the width prefix (`_mm256_` / `_mm512_`).
+    fn f(&self, name: &str) -> Ident {
+        if self.wide() {
+            format_ident!("_mm512_{}", name)
+        } else {
+            format_ident!("_mm256_{}", name)
+        }
+    }
+}
+
+impl Backend for X86 {
+    fn isa(&self) -> Isa {
+        self.isa
+    }
+    fn width(&self) -> usize {
+        self.w
+    }
+    fn vec_ty(&self) -> TokenStream {
+        if self.wide() {
+            quote! { __m512i }
+        } else {
+            quote! { __m256i }
+        }
+    }
+    fn prelude(&self) -> TokenStream {
+        quote! { use core::arch::x86_64::*; }
+    }
+    fn zero(&self) -> TokenStream {
+        let f = self.f("setzero_si512");
+        if self.wide() {
+            quote! { #f() }
+        } else {
+            quote! { _mm256_setzero_si256() }
+        }
+    }
+    fn load(&self, l: usize, ptr: TokenStream) -> TokenStream {
+        let p = quote! { (#ptr as *const u8) };
+        let x128 = match l {
+            1 => Some(quote! { _mm_cvtsi32_si128(*#p as i32) }),
+            2 => Some(quote! { _mm_cvtsi32_si128((#p as *const u16).read_unaligned() as i32) }),
+            4 => Some(quote! { _mm_cvtsi32_si128((#p as *const i32).read_unaligned()) }),
+            8 => Some(quote! { _mm_loadl_epi64(#p as *const __m128i) }),
+            16 => Some(quote! { _mm_loadu_si128(#p as *const __m128i) }),
+            _ => None,
+        };
+        match (l, self.wide(), x128) {
+            (_, false, Some(x)) => quote! { _mm256_zextsi128_si256(#x) },
+            (_, true, Some(x)) => quote! { _mm512_zextsi128_si512(#x) },
+            (32, false, None) => quote! { _mm256_loadu_si256(#p as *const __m256i) },
+            (32, true, None) => {
+                quote! { _mm512_zextsi256_si512(_mm256_loadu_si256(#p as *const __m256i)) }
+            }
+            (64, true, None) => quote! { _mm512_loadu_si512(#p as *const _) },
+            _ => panic!("x86 backend: no {l}-byte load at width {}", self.w),
+        }
+    }
+    fn code(&self, v: &Ident, op: CodeOp) -> TokenStream {
+        let and = self.f("and_si512");
+        let and = if self.wide() {
+            quote! { #and }
+        } else {
+            quote! { _mm256_and_si256 }
+        };
+        let set1_8 = self.f("set1_epi8");
+        let set1_16 = self.f("set1_epi16");
+        let srli16 = self.f("srli_epi16");
+        let or = if self.wide() {
+            quote! { _mm512_or_si512 }
+        } else {
+            quote! { _mm256_or_si256 }
+        };
+        match op {
+            CodeOp::Shift2(0) => quote! { #and(#v, #set1_8(3)) },
+            CodeOp::Shift2(s) => {
+                let s = proc_macro2::Literal::i32_unsuffixed(s as i32);
+                quote! { #and(#srli16::<#s>(#v), #set1_8(3)) }
+            }
+            CodeOp::Trit(n) => {
+                // u8 lanes: q = (v * 3^n) mod 256, then (q * 3) >> 8. x86 has no byte multiply:
+                // even bytes are multiplied in the low half of 16-bit lanes, odd bytes in the
+                // high half (their low byte cleared so no carry pollutes them).
+                let p = proc_macro2::Literal::i16_unsuffixed(3i16.pow(n));
+                let mullo = self.f("mullo_epi16");
+                let mulhi = self.f("mulhi_epu16");
+                let slli16 = self.f("slli_epi16");
+                quote! {{
+                    let lo_mask = #set1_16(0x00ff);
+                    let even = #and(#mullo(#v, #set1_16(#p)), lo_mask);
+                    let odd = #mullo(#and(#v, #set1_16(0xff00u16 as i16)), #set1_16(#p));
+                    // even: (q * 3) >> 8 stays in the low byte
+                    let te = #srli16::<8>(#mullo(even, #set1_16(3)));
+                    // odd: q sits in the high byte; mulhi(q << 8, 3) = (3q) >> 8, moved back up
+                    let to = #slli16::<8>(#mulhi(odd, #set1_16(3)));
+                    #or(te, to)
+                }}
+            }
+        }
+    }
+    fn dot(&self, acc: &Ident, pairs: &[(Ident, Ident)]) -> TokenStream {
+        if self.isa == Isa::Avx512Vnni {
+            let st = pairs.iter().map(|(c, a)| {
+                quote! { #acc = _mm512_dpbusd_epi32(#acc, #c, #a); }
+            });
+            return quote! { #(#st)* };
+        }
+        // vpmaddubsw: |c0*a0 + c1*a1| <= 2*2*128 = 512 per i16 lane; up to 4 products are
+        // summed in i16 (<= 2048, no overflow) before one vpmaddwd widens them to i32.
+        let maddubs = self.f("maddubs_epi16");
+        let madd = self.f("madd_epi16");
+        let add16 = self.f("add_epi16");
+        let add32 = self.f("add_epi32");
+        let set1_16 = self.f("set1_epi16");
+        let mut out = TokenStream::new();
+        for group in pairs.chunks(4) {
+            let mut it = group.iter();
+            let (c, a) = it.next().unwrap();
+            let mut sum = quote! { #maddubs(#c, #a) };
+            for (c, a) in it {
+                sum = quote! { #add16(#sum, #maddubs(#c, #a)) };
+            }
+            out.extend(quote! { #acc = #add32(#acc, #madd(#sum, #set1_16(1))); });
+        }
+        out
+    }
+    fn hsum(&self, acc: TokenStream) -> TokenStream {
+        if self.wide() {
+            quote! { _mm512_reduce_add_epi32(#acc) }
+        } else {
+            quote! {{
+                let v = #acc;
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+                _mm_cvtsi128_si32(s)
+            }}
+        }
+    }
+    fn store_dequant(
+        &self,
+        codes: &Ident,
+        lane: usize,
+        count: usize,
+        scale: TokenStream,
+        out: TokenStream,
+    ) -> TokenStream {
+        if self.wide() {
+            assert!(count == 16 && lane % 16 == 0);
+            let idx = (lane / 16) as i32;
+            quote! {{
+                let b = _mm512_extracti32x4_epi32::<#idx>(#codes);
+                let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(b), _mm512_set1_epi32(1)));
+                _mm512_storeu_ps(#out, _mm512_mul_ps(f, _mm512_set1_ps(#scale)));
+            }}
+        } else {
+            assert!(count == 8 && lane % 8 == 0);
+            let half = (lane / 16) as i32;
+            let shift = (lane % 16) as i32;
+            let x = if shift == 0 {
+                quote! { _mm256_extracti128_si256::<#half>(#codes) }
+            } else {
+                quote! { _mm_srli_si128::<8>(_mm256_extracti128_si256::<#half>(#codes)) }
+            };
+            quote! {{
+                let b = #x;
+                let f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(b), _mm256_set1_epi32(1)));
+                _mm256_storeu_ps(#out, _mm256_mul_ps(f, _mm256_set1_ps(#scale)));
+            }}
+        }
+    }
+    fn dequant_step(&self) -> usize {
+        if self.wide() {
+            16
+        } else {
+            8
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Decode rules of the block formats: how the code bytes of a span (one block, or several
+//! contiguous blocks for tensor-scale formats) are cut into vector loads and which
+//! activation elements each decoded lane multiplies.
+//!
+//! `Packed2` is fully described by the table vocabulary (group size, bit order); `Base3` is the
+//! one hand-written rule for ggml TQ1_0. The LUT formats have their own template (`lut.rs`).
+
+use crate::backend::CodeOp;
+use crate::table::{CodeRule, FormatSpec};
+
+/// Where the activations of a decoded vector live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActPos {
+    /// Lane `i` multiplies element `offset + i` of the span (natural order).
+    Natural(usize),
+    /// Lane `i` multiplies prepared slot `offset + i`; `prepare` gathers element
+    /// `lane_elem(i)` there. Used when one load spans several groups.
+    Permuted(usize),
+}
+
+/// One code vector decoded from a load.
+#[derive(Clone, Debug)]
+pub struct CodeVec {
+    pub op: CodeOp,
+    pub act: ActPos,
+    /// Span element of each lane `0..width` (for `prepare` and `dequantize`).
+    pub lane_elem: Vec<usize>,
+}
+
+/// A load of `width` bytes at span byte `offset`, repeated `repeat` times with a stride of
+/// `width` bytes (the activation positions of every vector advance by `width` too).
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub offset: usize,
+    pub width: usize,
+    pub repeat: usize,
+    pub vecs: Vec<CodeVec>,
+}
+
+/// The chunks covering `span_bytes` code bytes for a backend of `w` bytes per vector.
+pub fn chunks(spec: &FormatSpec, span_bytes: usize, w: usize) -> Result<Vec<Chunk>, String> {
+    match spec.codes {
+        CodeRule::Packed2 {
+            group_bytes,
+            msb_first,
+        } => Ok(packed2(group_bytes, msb_first, span_bytes, w)),
+        CodeRule::Base3 => base3(span_bytes, w),
+        _ => Err(format!("{} is not a block format", spec.name)),
+    }
+}
+
+fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
+    let shift = |j: usize| if msb { 6 - 2 * j as u32 } else { 2 * j as u32 };
+    let elem = |byte: usize, j: usize| (byte / gb) * 4 * gb + j * gb + byte % gb;
+    let mut out = Vec::new();
+    if w <= gb {
+        // each load lies inside one group: natural activation order, `gb / w` loads per group
+        for g in 0..span / gb {
+            out.push(Chunk {
+                offset: g * gb,
+                width: w,
+                repeat: gb / w,
+                vecs: (0..4)
+                    .map(|j| CodeVec {
+                        op: CodeOp::Shift2(shift(j)),
+                        act: ActPos::Natural(elem(g * gb, j)),
+                        lane_elem: (0..w).map(|i| elem(g * gb + i, j)).collect(),
+                    })
+                    .collect(),
+            });
+        }
+    } else {
+        // one load spans several groups; activations are permuted by `prepare`
+        let l = w.min(span);
+        for c in 0..span / l {
+            let base = c * l;
+            out.push(Chunk {
+                offset: base,
+                width: l,
+                repeat: 1,
+                vecs: (0..4)
+                    .map(|j| CodeVec {
+                        op: CodeOp::Shift2(shift(j)),
+                        act: ActPos::Permuted(4 * base + j * l),
+                        lane_elem: (0..l).map(|i| elem(base + i, j)).collect(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+/// ggml TQ1_0: qs[0..32] -> 5 trits per byte (elements n*32 + m), qs[32..48] -> 5 trits
+/// (elements 160 + n*16 + m), qh[0..4] -> 4 trits (elements 240 + n*4 + j).
+fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
+    if span != 52 {
+        return Err(format!(
+            "base-3 spans are single 52-byte blocks, got {span}"
+        ));
+    }
+    let mut out = Vec::new();
+    let mut section = |offset: usize, bytes: usize, trits: u32, ebase: usize| {
+        let width = w.min(bytes);
+        out.push(Chunk {
+            offset,
+            width,
+            repeat: bytes / width,
+            vecs: (0..trits)
+                .map(|n| CodeVec {
+                    op: CodeOp::Trit(n),
+                    act: ActPos::Natural(ebase + n as usize * bytes),
+                    lane_elem: (0..width).map(|i| ebase + n as usize * bytes + i).collect(),
+                })
+                .collect(),
+        });
+    };
+    section(0, 32, 5, 0);
+    section(32, 16, 5, 160);
+    section(48, 4, 4, 240);
+    Ok(out)
+}

@@ -1,0 +1,706 @@
+//! Templates of the block (dot-product) formats: quantize, dequantize, prepare and the matmul
+//! register tiles, for any backend and any decode rule from `decode.rs`.
+//!
+//! Matmul semantics (see `kernels/reference/mod.rs`): tensor-scale formats accumulate
+//! `sum(c * q)` over the whole row in i32 lanes and finish with
+//! `(hsum - sum(q)) as f32 / s * ws`; block-scale formats reduce every block to its exact i32
+//! sum `hsum - bsum_b` and add `d_b * sum` in block order, so every output is bit-exact.
+
+use crate::backend::{backend, target_feature, Backend, Scalar};
+use crate::decode::{chunks, ActPos, Chunk};
+use crate::table::{FormatSpec, Quantizer, Row, ScaleRule, Tile};
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote};
+
+/// Layout decisions for one (format, backend) pair.
+pub struct Plan {
+    /// Blocks per main span (tensor-scale formats group blocks to fill a vector).
+    pub span_blocks: usize,
+    pub main: Vec<Chunk>,
+    /// Chunks of a single-block tail span (only when `span_blocks > 1`).
+    pub tail: Option<Vec<Chunk>>,
+}
+
+pub fn plan(spec: &FormatSpec, w: usize) -> Result<Plan, String> {
+    let bcb = spec.block_code_bytes;
+    let span_blocks = match spec.scale {
+        ScaleRule::TensorTail { .. } if w > bcb && w % bcb == 0 => w / bcb,
+        _ => 1,
+    };
+    let main = chunks(spec, span_blocks * bcb, w)?;
+    let tail = if span_blocks > 1 {
+        Some(chunks(spec, bcb, w)?)
+    } else {
+        None
+    };
+    Ok(Plan {
+        span_blocks,
+        main,
+        tail,
+    })
+}
+
+/// Prepared-slot -> span-element map of a chunk list; checked to be a permutation.
+pub fn slot_map(spec: &FormatSpec, ch: &[Chunk], span_elems: usize) -> Result<Vec<usize>, String> {
+    let mut map: Vec<Option<usize>> = vec![None; span_elems];
+    let mut seen = vec![false; span_elems];
+    for c in ch {
+        for rep in 0..c.repeat {
+            for v in &c.vecs {
+                for (i, &e) in v.lane_elem.iter().enumerate() {
+                    let e = e + rep * c.width;
+                    let slot = match v.act {
+                        ActPos::Natural(o) => o + rep * c.width + i,
+                        ActPos::Permuted(o) => o + rep * c.width + i,
+                    };
+                    if let ActPos::Natural(o) = v.act {
+                        if o + i != v.lane_elem[i] {
+                            return Err(format!(
+                                "{}: natural lane {i} is element {} not {}",
+                                spec.name,
+                                v.lane_elem[i],
+                                o + i
+                            ));
+                        }
+                    }
+                    if e >= span_elems || slot >= span_elems || seen[e] || map[slot].is_some() {
+                        return Err(format!(
+                            "{}: decode rule maps element {e} to slot {slot} twice or out of the span",
+                            spec.name
+                        ));
+                    }
+                    seen[e] = true;
+                    map[slot] = Some(e);
+                }
+            }
+        }
+    }
+    map.into_iter()
+        .enumerate()
+        .map(|(s, e)| e.ok_or_else(|| format!("{}: decode rule leaves slot {s} unused", spec.name)))
+        .collect()
+}
+
+fn lit(v: usize) -> Literal {
+    Literal::usize_unsuffixed(v)
+}
+
+pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
+    let spec = row.format;
+    let b = backend(row.isa);
+    let plan = plan(spec, b.width())?;
+    let tf = target_feature(row.isa);
+    let prelude = b.prelude();
+    let be = lit(spec.block_elems);
+    let bcb = lit(spec.block_code_bytes);
+    let bb = lit(spec.block_bytes());
+    let sb = lit(plan.span_blocks);
+    let per_block = spec.scale == ScaleRule::BlockF16;
+
+    let main_map = slot_map(spec, &plan.main, plan.span_blocks * spec.block_elems)?;
+    let tail_map = match &plan.tail {
+        Some(t) => slot_map(spec, t, spec.block_elems)?,
+        None => (0..spec.block_elems).collect(),
+    };
+    let identity = main_map.iter().enumerate().all(|(s, &e)| s == e)
+        && tail_map.iter().enumerate().all(|(s, &e)| s == e);
+
+    let prepare = gen_prepare(spec, &plan, &main_map, &tail_map, identity);
+    let quantize = gen_quantize(spec, &tf);
+    let dequantize = gen_dequantize(spec, &*b, &plan, &tf)?;
+    let mut tiles = TokenStream::new();
+    let mut shapes: Vec<(usize, usize)> = Vec::new();
+    for t in row.tiles {
+        for s in [(t.rows, t.cols), (t.rows, 1), (1, 1)] {
+            if !shapes.contains(&s) {
+                shapes.push(s);
+            }
+        }
+    }
+    for &(r, c) in &shapes {
+        tiles.extend(gen_tile(spec, &*b, &plan, r, c, &tf));
+    }
+    for t in row.tiles {
+        tiles.extend(gen_matmul(spec, *t, &tf));
+    }
+    let scale_doc = if per_block {
+        "per-block f16 scales"
+    } else {
+        "one f32 tensor scale"
+    };
+    let doc = format!(
+        " {} on {}: {} code bytes per {}-element block, {scale_doc}; {} block(s) per span.",
+        spec.ident,
+        row.isa.name(),
+        spec.block_code_bytes,
+        spec.block_elems,
+        plan.span_blocks
+    );
+    Ok(quote! {
+        #![doc = #doc]
+        #![allow(unused_unsafe, unused_mut, unused_variables, unused_parens, unused_braces, clippy::all)]
+        #prelude
+        use crate::{PreparedActs, QuantizedActs};
+
+        /// Elements per block.
+        pub const BE: usize = #be;
+        /// Code bytes per block.
+        pub const BCB: usize = #bcb;
+        /// Bytes per block including a per-block scale.
+        pub const BB: usize = #bb;
+        /// Blocks per main span.
+        pub const SPAN_BLOCKS: usize = #sb;
+
+        #prepare
+        #quantize
+        #dequantize
+        #tiles
+    })
+}
+
+fn gen_prepare(
+    spec: &FormatSpec,
+    plan: &Plan,
+    main: &[usize],
+    tail: &[usize],
+    identity: bool,
+) -> TokenStream {
+    let be = lit(spec.block_elems);
+    let bsum = if spec.scale == ScaleRule::BlockF16 {
+        quote! {
+            let nb = k / #be;
+            let mut bsum = Vec::with_capacity(m * nb);
+            for row in 0..m {
+                for blk in 0..nb {
+                    let s = &acts.q[row * k + blk * #be..row * k + (blk + 1) * #be];
+                    bsum.push(s.iter().map(|&v| v as i32).sum::<i32>());
+                }
+            }
+        }
+    } else {
+        quote! { let bsum = Vec::new(); }
+    };
+    let permute = if identity {
+        quote! { let q = acts.q.clone(); }
+    } else {
+        let main_len = lit(main.len());
+        let main_vals = main.iter().map(|&v| Literal::u16_unsuffixed(v as u16));
+        let tail_len = lit(tail.len());
+        let tail_vals = tail.iter().map(|&v| Literal::u16_unsuffixed(v as u16));
+        let sb = lit(plan.span_blocks);
+        quote! {
+            /// Prepared slot -> element map of a main span (derived from the decode rule).
+            const MAIN_MAP: [u16; #main_len] = [#(#main_vals),*];
+            /// The same for a single-block tail span.
+            const TAIL_MAP: [u16; #tail_len] = [#(#tail_vals),*];
+            let mut q = vec![0i8; m * k];
+            let nb = k / #be;
+            let main_spans = nb / #sb;
+            for row in 0..m {
+                let src = &acts.q[row * k..(row + 1) * k];
+                let dst = &mut q[row * k..(row + 1) * k];
+                for sp in 0..main_spans {
+                    let e0 = sp * MAIN_MAP.len();
+                    for (slot, &e) in MAIN_MAP.iter().enumerate() {
+                        dst[e0 + slot] = src[e0 + e as usize];
+                    }
+                }
+                for blk in main_spans * #sb..nb {
+                    let e0 = blk * #be;
+                    for (slot, &e) in TAIL_MAP.iter().enumerate() {
+                        dst[e0 + slot] = src[e0 + e as usize];
+                    }
+                }
+            }
+        }
+    };
+    quote! {
+        /// Activation layout of this kernel family: int8 values reordered to the decode
+        /// order of the packed weights, plus per-block sums for block-scale formats.
+        /// `acts.k` must be a multiple of the block size (checked by the caller).
+        pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
+            let (m, k) = (acts.m, acts.k);
+            #permute
+            #bsum
+            PreparedActs { m, k, q, scale: acts.scale.clone(), sum: acts.sum.clone(), bsum, lut: Vec::new() }
+        }
+    }
+}
+
+/// Portable quantizer (the table's `Quantizer`, byte-exact with the upstream reference),
+/// compiled with the row's target features so the loops vectorise.
+fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
+    let be = lit(spec.block_elems);
+    let bcb = lit(spec.block_code_bytes);
+    let bb = lit(spec.block_bytes());
+    let code_fn = match spec.quantizer {
+        Quantizer::SignMax => quote! {
+            // bitnet.cpp quantize_i2_s: |x| < 1e-6 -> 0, else the sign (scale compared in f64)
+            #[inline(always)]
+            fn code(x: f32, _id: f32, scale: f64) -> u8 {
+                if (x as f64).abs() < 1e-6 { 1 } else if x as f64 * scale > 0.0 { 2 } else { 0 }
+            }
+        },
+        Quantizer::RoundAbsMax => quote! {
+            // ggml: lroundf(x * id) + 1 (round half away from zero)
+            #[inline(always)]
+            fn code(x: f32, id: f32, _scale: f64) -> u8 {
+                ((x * id).round() as i32 + 1).clamp(0, 2) as u8
+            }
+        },
+    };
+    let tensor_scale = quote! {
+        let mut tmax = 0f64;
+        for i in 0..n * k { tmax = tmax.max((*src.add(i) as f64).abs()); }
+    };
+    let block_scale = match spec.quantizer {
+        Quantizer::RoundAbsMax => quote! {
+            let mut amax = 0f32;
+            for i in 0..#be { amax = amax.max((*x.add(i)).abs()); }
+            let id = if amax != 0.0 { 1.0 / amax } else { 0.0 };
+        },
+        Quantizer::SignMax => quote! { let amax = tmax as f32; let id = 0f32; },
+    };
+    let needs_tmax = spec.quantizer == Quantizer::SignMax;
+    let tmax_stmt = if needs_tmax {
+        tensor_scale
+    } else {
+        quote! { let tmax = 0f64; }
+    };
+    let pack = match spec.codes {
+        crate::table::CodeRule::Packed2 {
+            group_bytes,
+            msb_first,
+        } => {
+            let gb = lit(group_bytes);
+            let shifts: Vec<u32> = (0..4)
+                .map(|j| if msb_first { 6 - 2 * j } else { 2 * j })
+                .collect();
+            let terms = (0..4usize).map(|j| {
+                let s = Literal::u32_unsuffixed(shifts[j]);
+                let jl = lit(j);
+                quote! { (code(*x.add(g * 4 * #gb + #jl * #gb + mm), id, tmax) << #s) }
+            });
+            quote! {
+                for g in 0..#bcb / #gb {
+                    for mm in 0..#gb {
+                        *o.add(g * #gb + mm) = #(#terms)|*;
+                    }
+                }
+            }
+        }
+        crate::table::CodeRule::Base3 => quote! {
+            // qs[0..32]: elements n*32 + m; qs[32..48]: 160 + n*16 + m; qh: 240 + n*4 + j
+            for mm in 0..32usize {
+                let mut q: u16 = 0;
+                for t in 0..5usize { q = q * 3 + code(*x.add(t * 32 + mm), id, tmax) as u16; }
+                *o.add(mm) = ((q * 256 + 242) / 243) as u8;
+            }
+            for mm in 0..16usize {
+                let mut q: u16 = 0;
+                for t in 0..5usize { q = q * 3 + code(*x.add(160 + t * 16 + mm), id, tmax) as u16; }
+                *o.add(32 + mm) = ((q * 256 + 242) / 243) as u8;
+            }
+            for j in 0..4usize {
+                let mut q: u16 = 0;
+                for t in 0..4usize { q = q * 3 + code(*x.add(240 + t * 4 + j), id, tmax) as u16; }
+                q *= 3;
+                *o.add(48 + j) = ((q * 256 + 242) / 243) as u8;
+            }
+        },
+        _ => unreachable!(),
+    };
+    let (block_ptr, store_scale, tail) = match spec.scale {
+        ScaleRule::BlockF16 => (
+            quote! { let o = out.add(blk * #bb); },
+            quote! { let h = half::f16::from_f32(amax).to_le_bytes(); *o.add(#bcb) = h[0]; *o.add(#bcb + 1) = h[1]; },
+            quote! {},
+        ),
+        ScaleRule::TensorTail { tail_bytes } => {
+            let tb = lit(tail_bytes);
+            (
+                quote! { let o = out.add(blk * #bcb); },
+                quote! {},
+                quote! {
+                    let t = out.add(nblocks * #bcb);
+                    for i in 0..#tb { *t.add(i) = 0; }
+                    let s = (tmax as f32).to_le_bytes();
+                    for i in 0..4 { *t.add(i) = s[i]; }
+                },
+            )
+        }
+    };
+    quote! {
+        #code_fn
+
+        /// Quantize `n x k` f32 weights into this format (byte-exact with the upstream
+        /// reference quantizer).
+        ///
+        /// # Safety
+        /// `src` holds `n * k` values, `out` has room for the format's tensor size, and `k`
+        /// is a multiple of the block size.
+        #tf
+        pub unsafe fn quantize(src: *const f32, n: usize, k: usize, out: *mut u8) {
+            let nblocks = n * k / #be;
+            #tmax_stmt
+            for blk in 0..nblocks {
+                let x = src.add(blk * #be);
+                #block_ptr
+                #block_scale
+                #pack
+                #store_scale
+            }
+            #tail
+        }
+    }
+}
+
+fn gen_dequantize(
+    spec: &FormatSpec,
+    b: &dyn Backend,
+    plan: &Plan,
+    tf: &TokenStream,
+) -> Result<TokenStream, String> {
+    let be = lit(spec.block_elems);
+    let bcb = lit(spec.block_code_bytes);
+    let bb = lit(spec.block_bytes());
+    let sb = lit(plan.span_blocks);
+    let vt = b.vec_ty();
+    let span_body = |ch: &[Chunk]| -> TokenStream {
+        let mut body = TokenStream::new();
+        for c in ch {
+            let off = lit(c.offset);
+            let w = lit(c.width);
+            let step = b.dequant_step();
+            let contiguous = c.width >= step
+                && c.vecs.iter().all(|v| {
+                    (0..c.width)
+                        .step_by(step)
+                        .all(|l| (0..step).all(|t| v.lane_elem[l + t] == v.lane_elem[l] + t))
+                });
+            let inner = if contiguous {
+                let load = b.load(c.width, quote! { p.add(#off + rep * #w) });
+                let mut st = quote! { let v: #vt = #load; };
+                for (vi, v) in c.vecs.iter().enumerate() {
+                    let cv = format_ident!("c{}", vi);
+                    let code = b.code(&format_ident!("v"), v.op);
+                    st.extend(quote! { let #cv: #vt = #code; });
+                    for l in (0..c.width).step_by(step) {
+                        let e = lit(v.lane_elem[l]);
+                        st.extend(b.store_dequant(
+                            &cv,
+                            l,
+                            step,
+                            quote! { d },
+                            quote! { o.add(#e + rep * #w) },
+                        ));
+                    }
+                }
+                st
+            } else {
+                // narrow or scattered chunk: decode byte by byte with the scalar vocabulary
+                let mut st = TokenStream::new();
+                let sc = Scalar;
+                for v in &c.vecs {
+                    let code = sc.code(&format_ident!("v"), v.op);
+                    let lane_elems = v.lane_elem.iter().map(|&e| lit(e));
+                    st.extend(quote! {
+                        for (i, &e) in [#(#lane_elems),*].iter().enumerate() {
+                            let v = *p.add(#off + rep * #w + i) as i32;
+                            *o.add(e + rep * #w) = (#code - 1) as f32 * d;
+                        }
+                    });
+                }
+                st
+            };
+            let reps = lit(c.repeat);
+            body.extend(quote! { for rep in 0..#reps { #inner } });
+        }
+        body
+    };
+    let main = span_body(&plan.main);
+    let (prologue, block_scale) = match spec.scale {
+        ScaleRule::TensorTail { .. } => (
+            quote! {
+                let t = data.add(nblocks * #bcb);
+                let d = f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)]);
+            },
+            quote! {},
+        ),
+        ScaleRule::BlockF16 => (
+            quote! {},
+            quote! { let d = half::f16::from_le_bytes([*p.add(#bcb), *p.add(#bcb + 1)]).to_f32(); },
+        ),
+    };
+    let stride = if spec.scale == ScaleRule::BlockF16 {
+        quote! { #bb }
+    } else {
+        quote! { #bcb }
+    };
+    let tail_loop = match &plan.tail {
+        Some(t) => {
+            let tb = span_body(t);
+            quote! {
+                for blk in spans * #sb..nblocks {
+                    let p = data.add(blk * #stride);
+                    let o = out.add(blk * #be);
+                    #tb
+                }
+            }
+        }
+        None => quote! {},
+    };
+    Ok(quote! {
+        /// Dequantize `n x k` weights to f32 (`w * scale`).
+        ///
+        /// # Safety
+        /// `data` holds a valid tensor of this format and shape, `out` has room for `n * k`
+        /// values.
+        #tf
+        pub unsafe fn dequantize(data: *const u8, n: usize, k: usize, out: *mut f32) {
+            let nblocks = n * k / #be;
+            #prologue
+            let spans = nblocks / #sb;
+            for sp in 0..spans {
+                let p = data.add(sp * #sb * #stride);
+                let o = out.add(sp * #sb * #be);
+                #block_scale
+                #main
+            }
+            #tail_loop
+        }
+    })
+}
+
+/// Emit the loads, decodes and dot products of one span for an `r x c` tile.
+fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, per_block: bool) -> TokenStream {
+    let vt = b.vec_ty();
+    let mut body = TokenStream::new();
+    for (ci, chunk) in ch.iter().enumerate() {
+        let off = lit(chunk.offset);
+        let w = lit(chunk.width);
+        let mut st = TokenStream::new();
+        for i in 0..r {
+            let v = format_ident!("v{}", i);
+            let wp = format_ident!("w{}", i);
+            let load = b.load(chunk.width, quote! { #wp.add(span_off + #off + rep * #w) });
+            st.extend(quote! { let #v: #vt = #load; });
+            for (vi, cv) in chunk.vecs.iter().enumerate() {
+                let code = format_ident!("c{}_{}", i, vi);
+                let expr = b.code(&v, cv.op);
+                st.extend(quote! { let #code: #vt = #expr; });
+            }
+        }
+        for j in 0..c {
+            let ap = format_ident!("a{}", j);
+            for (vi, cv) in chunk.vecs.iter().enumerate() {
+                let a = format_ident!("x{}_{}", j, vi);
+                let o = match cv.act {
+                    ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
+                };
+                let load = b.load(chunk.width, quote! { #ap.add(span_elem + #o + rep * #w) });
+                st.extend(quote! { let #a: #vt = #load; });
+            }
+        }
+        for i in 0..r {
+            for j in 0..c {
+                let acc = format_ident!("acc{}_{}", i, j);
+                let pairs: Vec<(Ident, Ident)> = (0..chunk.vecs.len())
+                    .map(|vi| {
+                        (
+                            format_ident!("c{}_{}", i, vi),
+                            format_ident!("x{}_{}", j, vi),
+                        )
+                    })
+                    .collect();
+                st.extend(b.dot(&acc, &pairs));
+            }
+        }
+        let reps = lit(chunk.repeat);
+        let _ = ci;
+        let _ = per_block;
+        body.extend(quote! { for rep in 0..#reps { #st } });
+    }
+    body
+}
+
+fn gen_tile(
+    spec: &FormatSpec,
+    b: &dyn Backend,
+    plan: &Plan,
+    r: usize,
+    c: usize,
+    tf: &TokenStream,
+) -> TokenStream {
+    let name = format_ident!("tile_{}x{}", r, c);
+    let be = lit(spec.block_elems);
+    let bcb = lit(spec.block_code_bytes);
+    let bb = lit(spec.block_bytes());
+    let sb = lit(plan.span_blocks);
+    let vt = b.vec_ty();
+    let zero = b.zero();
+    let per_block = spec.scale == ScaleRule::BlockF16;
+    let wptrs = (0..r).map(|i| {
+        let wp = format_ident!("w{}", i);
+        let il = lit(i);
+        quote! { let #wp = w.add((row + #il) * row_bytes); }
+    });
+    let aptrs = (0..c).map(|j| {
+        let ap = format_ident!("a{}", j);
+        let jl = lit(j);
+        quote! { let #ap = acts.q.as_ptr().add((col + #jl) * k); }
+    });
+    let accs: Vec<Ident> = (0..r)
+        .flat_map(|i| (0..c).map(move |j| format_ident!("acc{}_{}", i, j)))
+        .collect();
+    let main = span_dots(b, &plan.main, r, c, per_block);
+    let body = if per_block {
+        let flush = (0..r)
+            .flat_map(|i| (0..c).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let acc = format_ident!("acc{}_{}", i, j);
+                let f = format_ident!("f{}_{}", i, j);
+                let wp = format_ident!("w{}", i);
+                let h = b.hsum(quote! { #acc });
+                let jl = lit(j);
+                quote! {
+                    let s = #h - *acts.bsum.get_unchecked((col + #jl) * nb + blk);
+                    let dp = #wp.add(span_off + #bcb);
+                    let d = half::f16::from_le_bytes([*dp, *dp.add(1)]).to_f32();
+                    #f += d * s as f32;
+                }
+            });
+        let fs = (0..r).flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)));
+        let fs2: Vec<Ident> = (0..r)
+            .flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)))
+            .collect();
+        let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
+            let f = format_ident!("f{}_{}", i, j);
+            let (il, jl) = (lit(i), lit(j));
+            quote! { *out.add((col + #jl) * n + row + #il) = #f / *acts.scale.get_unchecked(col + #jl); }
+        });
+        let _ = fs2;
+        quote! {
+            #(let mut #fs = 0f32;)*
+            for blk in 0..nb {
+                let span_off = blk * #bb;
+                let span_elem = blk * #be;
+                #(let mut #accs: #vt = #zero;)*
+                #main
+                #(#flush)*
+            }
+            #(#stores)*
+        }
+    } else {
+        let tail = match &plan.tail {
+            Some(t) => {
+                let td = span_dots(b, t, r, c, false);
+                quote! {
+                    for blk in spans * #sb..nb {
+                        let span_off = blk * #bcb;
+                        let span_elem = blk * #be;
+                        #td
+                    }
+                }
+            }
+            None => quote! {},
+        };
+        let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
+            let acc = format_ident!("acc{}_{}", i, j);
+            let h = b.hsum(quote! { #acc });
+            let (il, jl) = (lit(i), lit(j));
+            quote! {
+                let s = #h - *acts.sum.get_unchecked(col + #jl);
+                *out.add((col + #jl) * n + row + #il) = s as f32 / *acts.scale.get_unchecked(col + #jl) * ws;
+            }
+        });
+        quote! {
+            #(let mut #accs: #vt = #zero;)*
+            let spans = nb / #sb;
+            for sp in 0..spans {
+                let span_off = sp * #sb * #bcb;
+                let span_elem = sp * #sb * #be;
+                #main
+            }
+            #tail
+            #(#stores)*
+        }
+    };
+    quote! {
+        /// One register tile: weight rows `row..row + R` times activation rows `col..col + C`.
+        #[inline]
+        #tf
+        unsafe fn #name(
+            w: *const u8, row_bytes: usize, nb: usize, n: usize, k: usize, ws: f32,
+            acts: &PreparedActs, row: usize, col: usize, out: *mut f32,
+        ) {
+            #(#wptrs)*
+            #(#aptrs)*
+            #body
+        }
+    }
+}
+
+fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
+    let name = format_ident!("mm{}x{}", t.rows, t.cols);
+    let full = format_ident!("tile_{}x{}", t.rows, t.cols);
+    let rowcol = format_ident!("tile_{}x1", t.rows);
+    let (tr, tc) = (lit(t.rows), lit(t.cols));
+    let be = lit(spec.block_elems);
+    let (row_bytes, ws) = match spec.scale {
+        ScaleRule::BlockF16 => {
+            let bb = lit(spec.block_bytes());
+            (quote! { nb * #bb }, quote! { 0f32 })
+        }
+        ScaleRule::TensorTail { .. } => {
+            let bcb = lit(spec.block_code_bytes);
+            (
+                quote! { nb * #bcb },
+                quote! {{
+                    let t = w.add(n * row_bytes);
+                    f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)])
+                }},
+            )
+        }
+    };
+    let doc = format!(
+        " Matmul with a {}x{} register tile over weight rows `r0..r1` and every activation row.",
+        t.rows, t.cols
+    );
+    quote! {
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
+        /// same `k`, `r0 <= r1 <= n`, and `out` is valid for writes at `m * n + row` for every
+        /// activation row `m` and `row` in `r0..r1` (no other thread writes those).
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let nb = k / #be;
+            let row_bytes = #row_bytes;
+            let ws = #ws;
+            let m = acts.m;
+            let mut row = r0;
+            while row + #tr <= r1 {
+                let mut col = 0;
+                while col + #tc <= m {
+                    #full(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                    col += #tc;
+                }
+                while col < m {
+                    #rowcol(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                    col += 1;
+                }
+                row += #tr;
+            }
+            while row < r1 {
+                for col in 0..m {
+                    tile_1x1(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                }
+                row += 1;
+            }
+        }
+    }
+}

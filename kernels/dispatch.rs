@@ -1,0 +1,354 @@
+//! Runtime dispatch: which kernel runs, chosen once per process from the CPU features (or an
+//! explicit override), plus the safe entry points that validate and then call kernels.
+
+use crate::registry::{KernelEntry, KernelFn, KernelOp};
+use crate::table::Isa;
+use crate::{cpu, Format, KernelError, PackedWeights, PreparedActs, QuantizedActs, KERNELS};
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// ISA preference, fastest first.
+const PREFERENCE: [Isa; 6] = [
+    Isa::Avx512Vnni,
+    Isa::Avx512,
+    Isa::Avx2,
+    Isa::NeonDot,
+    Isa::Neon,
+    Isa::Scalar,
+];
+
+/// The dispatch decision: the ISA kernels are taken from (falling back, per format, to the
+/// next ISA in preference order that has a row for it; never above the chosen one).
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    /// Highest ISA allowed.
+    pub isa: Isa,
+    /// `true` when set by `TERNFORGE_ISA` or [`Dispatch::with_isa`].
+    pub overridden: bool,
+}
+
+impl Dispatch {
+    /// Detect the best ISA this build and CPU can run.
+    pub fn detect() -> Dispatch {
+        let isa = PREFERENCE
+            .into_iter()
+            .find(|&i| compiled(i) && cpu::supports(i))
+            .unwrap_or(Isa::Scalar);
+        Dispatch {
+            isa,
+            overridden: false,
+        }
+    }
+
+    /// An explicit ISA; an error if it is not compiled in or this CPU cannot run it.
+    pub fn with_isa(isa: Isa) -> Result<Dispatch, KernelError> {
+        if !compiled(isa) {
+            return Err(KernelError::IsaNotCompiled(isa));
+        }
+        if !cpu::supports(isa) {
+            return Err(KernelError::IsaUnsupported(isa));
+        }
+        Ok(Dispatch {
+            isa,
+            overridden: true,
+        })
+    }
+
+    /// From an ISA name (`TERNFORGE_ISA` syntax).
+    pub fn from_name(name: &str) -> Result<Dispatch, KernelError> {
+        let isa = Isa::from_name(name).ok_or_else(|| KernelError::UnknownIsa(name.into()))?;
+        Dispatch::with_isa(isa)
+    }
+
+    fn allowed(&self) -> impl Iterator<Item = Isa> + '_ {
+        let start = PREFERENCE.iter().position(|&i| i == self.isa).unwrap_or(0);
+        let arch_of_choice = self.isa.arch();
+        PREFERENCE[start..]
+            .iter()
+            .copied()
+            .filter(move |i| i.arch().is_none() || i.arch() == arch_of_choice)
+    }
+
+    /// The kernel for a format and operation. For matmul, `m` (activation rows) picks the
+    /// tile: GEMV tiles (`cols == 1`) for `m == 1`, the widest tile not wider than `m` else.
+    pub fn select(
+        &self,
+        format: Format,
+        op: KernelOp,
+        m: usize,
+    ) -> Result<&'static KernelEntry, KernelError> {
+        for isa in self.allowed() {
+            let cands = KERNELS.iter().filter(|e| {
+                e.format == format
+                    && e.isa == isa
+                    && e.runnable()
+                    && std::mem::discriminant(&e.op) == std::mem::discriminant(&op)
+            });
+            let best = match op {
+                KernelOp::Matmul(_) => cands.max_by_key(|e| match e.op {
+                    KernelOp::Matmul(t) => {
+                        let fits = t.cols <= m.max(1);
+                        let gemv = (m == 1) == (t.cols == 1);
+                        (fits, gemv, t.cols * t.rows.min(4), t.rows)
+                    }
+                    _ => (false, false, 0, 0),
+                }),
+                _ => cands.last(),
+            };
+            if let Some(e) = best {
+                return Ok(e);
+            }
+        }
+        Err(KernelError::NoKernel(format!(
+            "{} {op:?} at ISA {}",
+            format.name(),
+            self.isa.name()
+        )))
+    }
+}
+
+fn compiled(isa: Isa) -> bool {
+    KERNELS.iter().any(|e| e.isa == isa && e.compiled())
+}
+
+/// The process-wide dispatch: `TERNFORGE_ISA=<name>` forces an ISA (an error at first use if
+/// this build or CPU cannot run it), otherwise the best detected. Cached after the first call.
+pub fn dispatch() -> Result<&'static Dispatch, KernelError> {
+    static D: OnceLock<Result<Dispatch, KernelError>> = OnceLock::new();
+    D.get_or_init(|| match std::env::var("TERNFORGE_ISA") {
+        Ok(name) if !name.is_empty() && name != "auto" => Dispatch::from_name(&name),
+        _ => Ok(Dispatch::detect()),
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// The matmul kernel dispatch picks for `m` activation rows.
+pub fn select_matmul(format: Format, m: usize) -> Result<&'static KernelEntry, KernelError> {
+    dispatch()?.select(format, KernelOp::Matmul(crate::Tile::new(1, 1)), m)
+}
+
+fn check_entry(entry: &KernelEntry, format: Format, op: KernelOp) -> Result<(), KernelError> {
+    if entry.format != format || std::mem::discriminant(&entry.op) != std::mem::discriminant(&op) {
+        return Err(KernelError::NoKernel(format!(
+            "kernel {} does not {op:?} {}",
+            entry.id,
+            format.name()
+        )));
+    }
+    if !entry.compiled() {
+        return Err(KernelError::IsaNotCompiled(entry.isa));
+    }
+    if !cpu::supports(entry.isa) {
+        return Err(KernelError::IsaUnsupported(entry.isa));
+    }
+    Ok(())
+}
+
+/// Quantize `n x k` f32 weights with the dispatched kernel.
+pub fn quantize(format: Format, src: &[f32], n: usize, k: usize) -> Result<Vec<u8>, KernelError> {
+    let e = dispatch()?.select(format, KernelOp::Quantize, 1)?;
+    quantize_with(e, format, src, n, k)
+}
+
+/// Quantize with a specific kernel (tests, benches).
+pub fn quantize_with(
+    entry: &KernelEntry,
+    format: Format,
+    src: &[f32],
+    n: usize,
+    k: usize,
+) -> Result<Vec<u8>, KernelError> {
+    check_entry(entry, format, KernelOp::Quantize)?;
+    let bytes = format.tensor_bytes(n, k)?;
+    if src.len() != n * k {
+        return Err(KernelError::BufferLength {
+            what: "f32 weights",
+            expected: n * k,
+            got: src.len(),
+        });
+    }
+    let mut out = vec![0u8; bytes];
+    let KernelFn::Quantize(f) = entry.func else {
+        unreachable!("checked op")
+    };
+    // SAFETY: shape validated, src has n*k values, out has the format's tensor size.
+    unsafe { f(src.as_ptr(), n, k, out.as_mut_ptr()) };
+    Ok(out)
+}
+
+/// Dequantize with the dispatched kernel into `out` (`n * k` values).
+pub fn dequantize(w: &PackedWeights<'_>, out: &mut [f32]) -> Result<(), KernelError> {
+    let e = dispatch()?.select(w.format(), KernelOp::Dequantize, 1)?;
+    dequantize_with(e, w, out)
+}
+
+/// Dequantize with a specific kernel.
+pub fn dequantize_with(
+    entry: &KernelEntry,
+    w: &PackedWeights<'_>,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_entry(entry, w.format(), KernelOp::Dequantize)?;
+    let len = w.n() * w.k();
+    if out.len() != len {
+        return Err(KernelError::BufferLength {
+            what: "dequantize output",
+            expected: len,
+            got: out.len(),
+        });
+    }
+    let KernelFn::Dequantize(f) = entry.func else {
+        unreachable!("checked op")
+    };
+    // SAFETY: `w` is a validated tensor of its shape; out has n*k values.
+    unsafe { f(w.data().as_ptr(), w.n(), w.k(), out.as_mut_ptr()) };
+    Ok(())
+}
+
+/// Put activations in the layout of a matmul kernel (reusable across weights that share the
+/// kernel family, e.g. Q/K/V projections).
+pub fn prepare_for(entry: &KernelEntry, acts: &QuantizedActs) -> Result<PreparedActs, KernelError> {
+    let KernelFn::Matmul { prepare, .. } = entry.func else {
+        return Err(KernelError::NoKernel(format!(
+            "{} is not a matmul kernel",
+            entry.id
+        )));
+    };
+    check_entry(entry, entry.format, entry.op)?;
+    check_acts(entry.format, acts)?;
+    Ok(prepare(acts))
+}
+
+fn check_acts(format: Format, acts: &QuantizedActs) -> Result<(), KernelError> {
+    if acts.m == 0 {
+        return Err(KernelError::Activations("no activation rows".into()));
+    }
+    let spec = format.spec();
+    if !spec.is_lut() && acts.k % spec.block_elems != 0 {
+        return Err(KernelError::Activations(format!(
+            "K = {} is not a multiple of the {} block ({})",
+            acts.k,
+            format.name(),
+            spec.block_elems
+        )));
+    }
+    if acts.q.len() != acts.m * acts.k || acts.scale.len() != acts.m || acts.sum.len() != acts.m {
+        return Err(KernelError::Activations(
+            "inconsistent activation buffers".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Matmul with the dispatched kernels: `out[m * n + row] = sum_k w[row, k] * x[m, k]`
+/// (see `reference` for the exact arithmetic). Uses the rayon pool for large products.
+pub fn matmul(
+    w: &PackedWeights<'_>,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let e = dispatch()?.select(w.format(), KernelOp::Matmul(crate::Tile::new(1, 1)), acts.m)?;
+    matmul_with(e, w, acts, out)
+}
+
+/// Matmul with a specific kernel.
+pub fn matmul_with(
+    entry: &KernelEntry,
+    w: &PackedWeights<'_>,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if acts.k != w.k() {
+        return Err(KernelError::Activations(format!(
+            "K = {} but the weights have K = {}",
+            acts.k,
+            w.k()
+        )));
+    }
+    let p = prepare_for(entry, acts)?;
+    matmul_prepared(entry, w, &p, out)
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint row ranges of the output (see matmul_prepared).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Matmul on activations already prepared by `prepare_for(entry, ..)`.
+pub fn matmul_prepared(
+    entry: &KernelEntry,
+    w: &PackedWeights<'_>,
+    acts: &PreparedActs,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_entry(entry, w.format(), entry.op)?;
+    let KernelFn::Matmul { prepare: _, run } = entry.func else {
+        return Err(KernelError::NoKernel(format!(
+            "{} is not a matmul kernel",
+            entry.id
+        )));
+    };
+    if acts.k != w.k() {
+        return Err(KernelError::Activations(format!(
+            "K = {} but the weights have K = {}",
+            acts.k,
+            w.k()
+        )));
+    }
+    let (n, m) = (w.n(), acts.m);
+    let spec = w.format().spec();
+    if acts.q.len() != m * expected_q_cols(spec, acts.k) || acts.scale.len() != m {
+        return Err(KernelError::Activations(format!(
+            "activations were not prepared for {}",
+            entry.id
+        )));
+    }
+    if out.len() != m * n {
+        return Err(KernelError::BufferLength {
+            what: "matmul output",
+            expected: m * n,
+            got: out.len(),
+        });
+    }
+    let unit = spec.tile_rows().max(match entry.op {
+        KernelOp::Matmul(t) => t.rows,
+        _ => 1,
+    });
+    let work = n * w.k() * m;
+    let threads = rayon::current_num_threads();
+    let chunks = if work < (1 << 20) || threads == 1 {
+        1
+    } else {
+        (threads * 4).min(n.div_ceil(unit))
+    };
+    let rows_per = n.div_ceil(chunks).div_ceil(unit) * unit;
+    let ptr = OutPtr(out.as_mut_ptr());
+    let data = w.data().as_ptr() as usize;
+    let k = w.k();
+    let body = |c: usize| {
+        let (r0, r1) = (c * rows_per, ((c + 1) * rows_per).min(n));
+        if r0 < r1 {
+            let p = ptr;
+            // SAFETY: weights validated for (n, k); acts prepared for this kernel and K; r0..r1
+            // lies inside 0..n and starts on a tile boundary; each chunk writes only its rows.
+            unsafe { run(data as *const u8, n, k, acts, r0, r1, p.0) };
+        }
+    };
+    if chunks == 1 {
+        body(0);
+    } else {
+        (0..chunks).into_par_iter().for_each(body);
+    }
+    Ok(())
+}
+
+/// Columns of a prepared activation row (LUT formats pad K).
+fn expected_q_cols(spec: &crate::FormatSpec, k: usize) -> usize {
+    if spec.is_lut() {
+        crate::reference::lut::padded_k(spec, k)
+    } else {
+        k
+    }
+}
