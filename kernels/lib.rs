@@ -176,8 +176,8 @@ impl Format {
         if !spec.is_lut() && k % spec.block_elems != 0 {
             return err(format!("K must be a multiple of {}", spec.block_elems));
         }
-        if k > (1 << 24) {
-            return err("K above 2^24 could overflow i32 accumulators".into());
+        if k > (1 << 22) {
+            return err("K above 2^22 could overflow i32 accumulators".into());
         }
         Ok(())
     }
@@ -271,6 +271,20 @@ fn validate_codes(format: Format, data: &[u8], n: usize, k: usize) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Software prefetch distance (bytes) used by the generated matmul kernels for a tile of
+/// `tile_bytes` weight bytes. `TERNFORGE_PREFETCH` overrides it (0 disables prefetching
+/// effects by prefetching the line being loaded).
+#[doc(hidden)]
+pub fn prefetch_distance(tile_bytes: usize) -> usize {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let o = OVERRIDE.get_or_init(|| {
+        std::env::var("TERNFORGE_PREFETCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    o.unwrap_or((2 * tile_bytes).max(4096))
 }
 
 /// Quantize activations (`m` rows of `k` f32) to the int8 per-token scheme.

@@ -299,6 +299,7 @@ pub const I2S64: FormatSpec = FormatSpec {
 // ---------------------------------------------------------------------------------------------
 
 const GEMV4: Tile = Tile::new(4, 1);
+const GEMV1: Tile = Tile::new(1, 1);
 const GEMV2: Tile = Tile::new(2, 1);
 const GEMM4X4: Tile = Tile::new(4, 4);
 const GEMM2X8: Tile = Tile::new(2, 8);
@@ -313,7 +314,7 @@ pub const TABLE: &[Row] = &[
     Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV2, GEMV4, GEMM4X4, GEMM2X8] },
+    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV1, GEMV2, GEMV4, GEMM4X4, GEMM2X8] },
     Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
     // QK256 = TQ2_0

@@ -50,6 +50,27 @@ pub trait Backend {
     ) -> TokenStream;
     /// The widest contiguous run `store_dequant` handles in one step.
     fn dequant_step(&self) -> usize;
+    /// For 2-bit fields: `v & (3 << shift)`, i.e. the code scaled by `2^shift`, when the dot
+    /// product takes u8 operands up to 192 without intermediate saturation (VNNI). Templates
+    /// then keep one accumulator per shift and rescale at the end, saving the shifts and
+    /// breaking the accumulator dependency chain.
+    fn code_scaled(&self, _v: &Ident, _shift: u32) -> Option<TokenStream> {
+        None
+    }
+    /// Expression: lanes of an i32 accumulator arithmetically shifted right by `s` (exact
+    /// division of lanes that are multiples of `2^s`). Needed with `code_scaled`.
+    fn srai32(&self, _acc: TokenStream, _s: u32) -> TokenStream {
+        unreachable!("srai32 is only used with code_scaled")
+    }
+    /// Expression: lane-wise i32 sum of two accumulators.
+    fn add32(&self, _a: TokenStream, _b: TokenStream) -> TokenStream {
+        unreachable!("add32 is only used with code_scaled")
+    }
+    /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`) into L1, or
+    /// nothing where the ISA has no portable hint. Prefetches never fault.
+    fn prefetch(&self, _ptr: TokenStream) -> TokenStream {
+        quote! {}
+    }
 }
 
 pub fn backend(isa: Isa) -> Box<dyn Backend> {
@@ -323,5 +344,25 @@ impl Backend for X86 {
         } else {
             8
         }
+    }
+    fn prefetch(&self, ptr: TokenStream) -> TokenStream {
+        quote! { _mm_prefetch::<_MM_HINT_T0>(#ptr as *const i8); }
+    }
+    fn code_scaled(&self, v: &Ident, shift: u32) -> Option<TokenStream> {
+        if self.isa != Isa::Avx512Vnni {
+            return None;
+        }
+        // codes <= 2, so (c << 6) <= 128 fits the unsigned vpdpbusd operand
+        let m = proc_macro2::Literal::i8_unsuffixed((3u8 << shift) as i8);
+        Some(quote! { _mm512_and_si512(#v, _mm512_set1_epi8(#m)) })
+    }
+    fn srai32(&self, acc: TokenStream, s: u32) -> TokenStream {
+        let f = self.f("srai_epi32");
+        let s = proc_macro2::Literal::u32_unsuffixed(s);
+        quote! { #f::<#s>(#acc) }
+    }
+    fn add32(&self, a: TokenStream, b: TokenStream) -> TokenStream {
+        let f = self.f("add_epi32");
+        quote! { #f(#a, #b) }
     }
 }

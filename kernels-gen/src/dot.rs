@@ -233,25 +233,35 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     let be = lit(spec.block_elems);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
+    // Both rules are written as comparisons (no rounding calls) so the loops vectorise; the
+    // equivalence with the upstream formulas is documented per rule and pinned by the tests.
     let code_fn = match spec.quantizer {
         Quantizer::SignMax => quote! {
-            // bitnet.cpp quantize_i2_s: |x| < 1e-6 -> 0, else the sign (scale compared in f64)
+            /// bitnet.cpp quantize_i2_s: `fabs((double)x) < 1e-6` -> 0, else the sign of `x`
+            /// (`x * scale > 0` in f64 with `scale = max|x| > 0` is `x > 0`). `T32` is the
+            /// smallest f32 not below 1e-6 (f64), so `|x| < T32` equals the f64 test exactly.
             #[inline(always)]
-            fn code(x: f32, _id: f32, scale: f64) -> u8 {
-                if (x as f64).abs() < 1e-6 { 1 } else if x as f64 * scale > 0.0 { 2 } else { 0 }
+            fn code(x: f32, _id: f32) -> u8 {
+                const T32: f32 = 1.0000001e-6;
+                let a = x.abs();
+                if a < T32 { 1 } else if x > 0.0 { 2 } else { 0 }
             }
         },
         Quantizer::RoundAbsMax => quote! {
-            // ggml: lroundf(x * id) + 1 (round half away from zero)
+            /// ggml `lroundf(x * id) + 1` for `|x * id| <= 1` (id = 1/max|x|): round half away
+            /// from zero gives +1 for t >= 0.5, -1 for t <= -0.5, else 0; NaN gives 0.
             #[inline(always)]
-            fn code(x: f32, id: f32, _scale: f64) -> u8 {
-                ((x * id).round() as i32 + 1).clamp(0, 2) as u8
+            fn code(x: f32, id: f32, ) -> u8 {
+                let t = x * id;
+                1 + (t >= 0.5) as u8 - (t <= -0.5) as u8
             }
         },
     };
     let tensor_scale = quote! {
-        let mut tmax = 0f64;
-        for i in 0..n * k { tmax = tmax.max((*src.add(i) as f64).abs()); }
+        // max|x| in f32 is exact (and ignores NaN like the f64 fold upstream)
+        let mut tmax32 = 0f32;
+        for i in 0..n * k { tmax32 = tmax32.max((*src.add(i)).abs()); }
+        let tmax = tmax32 as f64;
     };
     let block_scale = match spec.quantizer {
         Quantizer::RoundAbsMax => quote! {
@@ -279,7 +289,7 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
             let terms = (0..4usize).map(|j| {
                 let s = Literal::u32_unsuffixed(shifts[j]);
                 let jl = lit(j);
-                quote! { (code(*x.add(g * 4 * #gb + #jl * #gb + mm), id, tmax) << #s) }
+                quote! { (code(*x.add(g * 4 * #gb + #jl * #gb + mm), id) << #s) }
             });
             quote! {
                 for g in 0..#bcb / #gb {
@@ -293,17 +303,17 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
             // qs[0..32]: elements n*32 + m; qs[32..48]: 160 + n*16 + m; qh: 240 + n*4 + j
             for mm in 0..32usize {
                 let mut q: u16 = 0;
-                for t in 0..5usize { q = q * 3 + code(*x.add(t * 32 + mm), id, tmax) as u16; }
+                for t in 0..5usize { q = q * 3 + code(*x.add(t * 32 + mm), id) as u16; }
                 *o.add(mm) = ((q * 256 + 242) / 243) as u8;
             }
             for mm in 0..16usize {
                 let mut q: u16 = 0;
-                for t in 0..5usize { q = q * 3 + code(*x.add(160 + t * 16 + mm), id, tmax) as u16; }
+                for t in 0..5usize { q = q * 3 + code(*x.add(160 + t * 16 + mm), id) as u16; }
                 *o.add(32 + mm) = ((q * 256 + 242) / 243) as u8;
             }
             for j in 0..4usize {
                 let mut q: u16 = 0;
-                for t in 0..4usize { q = q * 3 + code(*x.add(240 + t * 4 + j), id, tmax) as u16; }
+                for t in 0..4usize { q = q * 3 + code(*x.add(240 + t * 4 + j), id) as u16; }
                 q *= 3;
                 *o.add(48 + j) = ((q * 256 + 242) / 243) as u8;
             }
@@ -473,7 +483,39 @@ fn gen_dequantize(
 }
 
 /// Emit the loads, decodes and dot products of one span for an `r x c` tile.
-fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, per_block: bool) -> TokenStream {
+/// Shifts used by the chunks when every code is a 2-bit field and the backend can dot scaled
+/// codes (one accumulator per shift); `None` otherwise.
+fn scaled_classes(b: &dyn Backend, plan: &Plan, r: usize, c: usize) -> Option<Vec<u32>> {
+    let mut shifts = Vec::new();
+    let all = plan.main.iter().chain(plan.tail.iter().flatten());
+    for ch in all {
+        for v in &ch.vecs {
+            match v.op {
+                crate::backend::CodeOp::Shift2(s) => {
+                    if !shifts.contains(&s) {
+                        shifts.push(s)
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+    let probe = format_ident!("probe");
+    if r * c * shifts.len() > 16 || b.code_scaled(&probe, 0).is_none() {
+        return None;
+    }
+    shifts.sort();
+    Some(shifts)
+}
+
+fn acc_ident(i: usize, j: usize, class: Option<u32>) -> Ident {
+    match class {
+        Some(s) => format_ident!("acc{}_{}_s{}", i, j, s),
+        None => format_ident!("acc{}_{}", i, j),
+    }
+}
+
+fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, classes: bool) -> TokenStream {
     let vt = b.vec_ty();
     let mut body = TokenStream::new();
     for (ci, chunk) in ch.iter().enumerate() {
@@ -485,9 +527,18 @@ fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, per_block: bool)
             let wp = format_ident!("w{}", i);
             let load = b.load(chunk.width, quote! { #wp.add(span_off + #off + rep * #w) });
             st.extend(quote! { let #v: #vt = #load; });
+            if chunk.offset % 64 == 0 {
+                // stream the weights: touch the same position `pf` bytes ahead (a later tile)
+                st.extend(b.prefetch(quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) }));
+            }
             for (vi, cv) in chunk.vecs.iter().enumerate() {
                 let code = format_ident!("c{}_{}", i, vi);
-                let expr = b.code(&v, cv.op);
+                let expr = match (classes, cv.op) {
+                    (true, crate::backend::CodeOp::Shift2(s)) => {
+                        b.code_scaled(&v, s).expect("scaled codes")
+                    }
+                    _ => b.code(&v, cv.op),
+                };
                 st.extend(quote! { let #code: #vt = #expr; });
             }
         }
@@ -504,21 +555,34 @@ fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, per_block: bool)
         }
         for i in 0..r {
             for j in 0..c {
-                let acc = format_ident!("acc{}_{}", i, j);
-                let pairs: Vec<(Ident, Ident)> = (0..chunk.vecs.len())
-                    .map(|vi| {
-                        (
+                if classes {
+                    for (vi, cv) in chunk.vecs.iter().enumerate() {
+                        let crate::backend::CodeOp::Shift2(sh) = cv.op else {
+                            unreachable!("scaled classes need 2-bit fields")
+                        };
+                        let acc = acc_ident(i, j, Some(sh));
+                        let pair = (
                             format_ident!("c{}_{}", i, vi),
                             format_ident!("x{}_{}", j, vi),
-                        )
-                    })
-                    .collect();
-                st.extend(b.dot(&acc, &pairs));
+                        );
+                        st.extend(b.dot(&acc, &[pair]));
+                    }
+                } else {
+                    let acc = acc_ident(i, j, None);
+                    let pairs: Vec<(Ident, Ident)> = (0..chunk.vecs.len())
+                        .map(|vi| {
+                            (
+                                format_ident!("c{}_{}", i, vi),
+                                format_ident!("x{}_{}", j, vi),
+                            )
+                        })
+                        .collect();
+                    st.extend(b.dot(&acc, &pairs));
+                }
             }
         }
         let reps = lit(chunk.repeat);
         let _ = ci;
-        let _ = per_block;
         body.extend(quote! { for rep in 0..#reps { #st } });
     }
     body
@@ -550,10 +614,43 @@ fn gen_tile(
         let jl = lit(j);
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * k); }
     });
+    let classes = scaled_classes(b, plan, r, c);
     let accs: Vec<Ident> = (0..r)
-        .flat_map(|i| (0..c).map(move |j| format_ident!("acc{}_{}", i, j)))
+        .flat_map(|i| (0..c).map(move |j| (i, j)))
+        .flat_map(|(i, j)| match &classes {
+            Some(sh) => sh
+                .iter()
+                .map(|&s| acc_ident(i, j, Some(s)))
+                .collect::<Vec<_>>(),
+            None => vec![acc_ident(i, j, None)],
+        })
         .collect();
-    let main = span_dots(b, &plan.main, r, c, per_block);
+    // with scaled codes: acc = sum over shifts of (acc_s >> s), exact (lanes are multiples)
+    let merge: TokenStream = match &classes {
+        Some(sh) => (0..r)
+            .flat_map(|i| (0..c).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let target = acc_ident(i, j, None);
+                let mut e: Option<TokenStream> = None;
+                for &s in sh {
+                    let a = acc_ident(i, j, Some(s));
+                    let t = if s == 0 {
+                        quote! { #a }
+                    } else {
+                        b.srai32(quote! { #a }, s)
+                    };
+                    e = Some(match e {
+                        None => t,
+                        Some(prev) => b.add32(prev, t),
+                    });
+                }
+                let e = e.expect("at least one class");
+                quote! { let #target: #vt = #e; }
+            })
+            .collect(),
+        None => quote! {},
+    };
+    let main = span_dots(b, &plan.main, r, c, classes.is_some());
     let body = if per_block {
         let flush = (0..r)
             .flat_map(|i| (0..c).map(move |j| (i, j)))
@@ -587,6 +684,7 @@ fn gen_tile(
                 let span_elem = blk * #be;
                 #(let mut #accs: #vt = #zero;)*
                 #main
+                #merge
                 #(#flush)*
             }
             #(#stores)*
@@ -594,7 +692,7 @@ fn gen_tile(
     } else {
         let tail = match &plan.tail {
             Some(t) => {
-                let td = span_dots(b, t, r, c, false);
+                let td = span_dots(b, t, r, c, classes.is_some());
                 quote! {
                     for blk in spans * #sb..nb {
                         let span_off = blk * #bcb;
@@ -623,6 +721,7 @@ fn gen_tile(
                 #main
             }
             #tail
+            #merge
             #(#stores)*
         }
     };
@@ -632,7 +731,7 @@ fn gen_tile(
         #tf
         unsafe fn #name(
             w: *const u8, row_bytes: usize, nb: usize, n: usize, k: usize, ws: f32,
-            acts: &PreparedActs, row: usize, col: usize, out: *mut f32,
+            acts: &PreparedActs, row: usize, col: usize, out: *mut f32, pf: usize,
         ) {
             #(#wptrs)*
             #(#aptrs)*
@@ -682,22 +781,24 @@ fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
             let row_bytes = #row_bytes;
             let ws = #ws;
             let m = acts.m;
+            // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
+            let pf = crate::prefetch_distance(row_bytes * #tr);
             let mut row = r0;
             while row + #tr <= r1 {
                 let mut col = 0;
                 while col + #tc <= m {
-                    #full(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                    #full(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
                     col += #tc;
                 }
                 while col < m {
-                    #rowcol(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                    #rowcol(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
                     col += 1;
                 }
                 row += #tr;
             }
             while row < r1 {
                 for col in 0..m {
-                    tile_1x1(w, row_bytes, nb, n, k, ws, acts, row, col, out);
+                    tile_1x1(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
                 }
                 row += 1;
             }

@@ -78,7 +78,7 @@ pub fn encode(spec: &FormatSpec, src: &[f32], n: usize, k: usize) -> Vec<u8> {
         let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let id = if amax != 0.0 { 1.0 / amax } else { 0.0 };
         // lroundf(x * id) + 1, as ggml; values outside [-1, 1] cannot occur since d = amax
-        let code = |e: usize| -> u8 { ((x[e] * id).round() as i32 + 1).clamp(0, 2) as u8 };
+        let code = |e: usize| -> u8 { super::packed2::round_code(x[e], id) };
         let o = &mut out[blk * bb..(blk + 1) * bb];
         for byte in 0..QS + QH {
             let trits = (0..5).filter_map(|t| element_of(byte, t)).map(code);

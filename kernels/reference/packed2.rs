@@ -69,10 +69,11 @@ pub fn sign_max_code(x: f32, scale: f64) -> u8 {
     }
 }
 
-/// ggml `lroundf(x * id) + 1` code, kept in 2 bits like `quantize_row_tq2_0_ref`.
+/// ggml `lroundf(x * id) + 1` code (`quantize_row_tq2_0_ref`). With `id = 1 / max|x|` the
+/// rounded value is in -1..=1; the clamp only defines the degenerate cases ggml leaves
+/// unspecified (subnormal max giving an infinite `id`).
 pub fn round_code(x: f32, id: f32) -> u8 {
-    let xi = (x * id).round() as i32 + 1;
-    (xi & 3) as u8
+    (((x * id).round() as i32).clamp(-1, 1) + 1) as u8
 }
 
 pub fn encode(spec: &FormatSpec, src: &[f32], n: usize, k: usize) -> Vec<u8> {
