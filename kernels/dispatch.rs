@@ -299,9 +299,20 @@ pub fn matmul_prepared(
     }
     let (n, m) = (w.n(), acts.m);
     let spec = w.format().spec();
-    if acts.q.len() != m * expected_q_cols(spec, acts.k) || acts.scale.len() != m {
+    if acts.layout != entry.module {
         return Err(KernelError::Activations(format!(
-            "activations were not prepared for {}",
+            "activations were prepared for {} kernels, not {}",
+            if acts.layout.is_empty() {
+                "no"
+            } else {
+                acts.layout
+            },
+            entry.id
+        )));
+    }
+    if m == 0 || acts.q.len() != m * acts.stride || acts.scale.len() != m || acts.sum.len() != m {
+        return Err(KernelError::Activations(format!(
+            "inconsistent prepared activations for {}",
             entry.id
         )));
     }
@@ -342,13 +353,4 @@ pub fn matmul_prepared(
         (0..chunks).into_par_iter().for_each(body);
     }
     Ok(())
-}
-
-/// Columns of a prepared activation row (LUT formats pad K).
-fn expected_q_cols(spec: &crate::FormatSpec, k: usize) -> usize {
-    if spec.is_lut() {
-        crate::reference::lut::padded_k(spec, k)
-    } else {
-        k
-    }
 }

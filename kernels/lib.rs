@@ -53,7 +53,11 @@ pub const GENERATED_DIR: &str = env!("TERNFORGE_GENERATED_DIR");
 pub struct PreparedActs {
     pub m: usize,
     pub k: usize,
-    /// `m * k` int8 values in the kernel's element order.
+    /// Length of one prepared row in `q` (K plus any padding slots of the layout).
+    pub stride: usize,
+    /// The kernel family (generated module) whose layout this is.
+    pub layout: &'static str,
+    /// `m * stride` int8 values in the kernel's element order.
     pub q: Vec<i8>,
     pub scale: Vec<f32>,
     pub sum: Vec<i32>,

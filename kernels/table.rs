@@ -74,9 +74,9 @@ impl Isa {
     pub const fn target_features(self) -> &'static str {
         match self {
             Isa::Scalar => "",
-            Isa::Avx2 => "avx2,fma",
-            Isa::Avx512 => "avx512f,avx512bw,avx512vl,avx2,fma",
-            Isa::Avx512Vnni => "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma",
+            Isa::Avx2 => "avx2,fma,f16c",
+            Isa::Avx512 => "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+            Isa::Avx512Vnni => "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
             Isa::Neon => "neon",
             Isa::NeonDot => "neon,dotprod",
         }

@@ -66,6 +66,15 @@ pub trait Backend {
     fn add32(&self, _a: TokenStream, _b: TokenStream) -> TokenStream {
         unreachable!("add32 is only used with code_scaled")
     }
+    /// Statements run once at the start of every kernel function (constants the other
+    /// snippets refer to).
+    fn prologue(&self) -> TokenStream {
+        quote! {}
+    }
+    /// Expression: the f32 value of the little-endian f16 at `ptr` (a `*const u8`).
+    fn load_f16(&self, ptr: TokenStream) -> TokenStream {
+        quote! { half::f16::from_le_bytes([*#ptr, *#ptr.add(1)]).to_f32() }
+    }
     /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`) into L1, or
     /// nothing where the ISA has no portable hint. Prefetches never fault.
     fn prefetch(&self, _ptr: TokenStream) -> TokenStream {
@@ -215,6 +224,17 @@ impl Backend for X86 {
             _ => None,
         };
         match (l, self.wide(), x128) {
+            (20, false, None) => quote! {
+                _mm256_set_m128i(
+                    _mm_cvtsi32_si128(((#p).add(16) as *const i32).read_unaligned()),
+                    _mm_loadu_si128(#p as *const __m128i),
+                )
+            },
+            (l, true, None) if l < 64 => {
+                // masked-off lanes are neither read nor able to fault
+                let mask = proc_macro2::Literal::u64_unsuffixed((1u64 << l) - 1);
+                quote! { _mm512_maskz_loadu_epi8(#mask, #p as *const i8) }
+            }
             (_, false, Some(x)) => quote! { _mm256_zextsi128_si256(#x) },
             (_, true, Some(x)) => quote! { _mm512_zextsi128_si512(#x) },
             (32, false, None) => quote! { _mm256_loadu_si256(#p as *const __m256i) },
@@ -233,13 +253,7 @@ impl Backend for X86 {
             quote! { _mm256_and_si256 }
         };
         let set1_8 = self.f("set1_epi8");
-        let set1_16 = self.f("set1_epi16");
         let srli16 = self.f("srli_epi16");
-        let or = if self.wide() {
-            quote! { _mm512_or_si512 }
-        } else {
-            quote! { _mm256_or_si256 }
-        };
         match op {
             CodeOp::Shift2(0) => quote! { #and(#v, #set1_8(3)) },
             CodeOp::Shift2(s) => {
@@ -247,22 +261,21 @@ impl Backend for X86 {
                 quote! { #and(#srli16::<#s>(#v), #set1_8(3)) }
             }
             CodeOp::Trit(n) => {
-                // u8 lanes: q = (v * 3^n) mod 256, then (q * 3) >> 8. x86 has no byte multiply:
-                // even bytes are multiplied in the low half of 16-bit lanes, odd bytes in the
-                // high half (their low byte cleared so no carry pollutes them).
-                let p = proc_macro2::Literal::i16_unsuffixed(3i16.pow(n));
-                let mullo = self.f("mullo_epi16");
-                let mulhi = self.f("mulhi_epu16");
-                let slli16 = self.f("slli_epi16");
+                // Byte ops only: q = b * 3^n mod 256 by repeated tripling (q + q + q; LLVM
+                // shares the chain between trits), then trit = (3q) >> 8 = [q >= 86] + [q >= 171]
+                // (3q/256 >= 1 iff q >= 85.34, >= 2 iff q >= 170.67), each indicator as
+                // min(q -sat 85, 1).
+                let add8 = self.f("add_epi8");
+                let subs = self.f("subs_epu8");
+                let min = self.f("min_epu8");
+                let mut q = quote! { #v };
+                for _ in 0..n {
+                    q = quote! {{ let q = #q; #add8(#add8(q, q), q) }};
+                }
                 quote! {{
-                    let lo_mask = #set1_16(0x00ff);
-                    let even = #and(#mullo(#v, #set1_16(#p)), lo_mask);
-                    let odd = #mullo(#and(#v, #set1_16(0xff00u16 as i16)), #set1_16(#p));
-                    // even: (q * 3) >> 8 stays in the low byte
-                    let te = #srli16::<8>(#mullo(even, #set1_16(3)));
-                    // odd: q sits in the high byte; mulhi(q << 8, 3) = (3q) >> 8, moved back up
-                    let to = #slli16::<8>(#mulhi(odd, #set1_16(3)));
-                    #or(te, to)
+                    let q = #q;
+                    let one = #set1_8(1);
+                    #add8(#min(#subs(q, #set1_8(85)), one), #min(#subs(q, #set1_8(170u8 as i8)), one))
                 }}
             }
         }
@@ -347,6 +360,10 @@ impl Backend for X86 {
     }
     fn prefetch(&self, ptr: TokenStream) -> TokenStream {
         quote! { _mm_prefetch::<_MM_HINT_T0>(#ptr as *const i8); }
+    }
+    fn load_f16(&self, ptr: TokenStream) -> TokenStream {
+        // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps
+        quote! { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((#ptr as *const u16).read_unaligned() as i32))) }
     }
     fn code_scaled(&self, v: &Ident, shift: u32) -> Option<TokenStream> {
         if self.isa != Isa::Avx512Vnni {

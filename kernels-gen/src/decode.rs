@@ -23,8 +23,9 @@ pub enum ActPos {
 pub struct CodeVec {
     pub op: CodeOp,
     pub act: ActPos,
-    /// Span element of each lane `0..width` (for `prepare` and `dequantize`).
-    pub lane_elem: Vec<usize>,
+    /// Span element of each lane `0..width` (for `prepare` and `dequantize`); `None` for a
+    /// padding lane whose code is always 0 (its prepared activation slot is 0 too).
+    pub lane_elem: Vec<Option<usize>>,
 }
 
 /// A load of `width` bytes at span byte `offset`, repeated `repeat` times with a stride of
@@ -64,7 +65,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
                     .map(|j| CodeVec {
                         op: CodeOp::Shift2(shift(j)),
                         act: ActPos::Natural(elem(g * gb, j)),
-                        lane_elem: (0..w).map(|i| elem(g * gb + i, j)).collect(),
+                        lane_elem: (0..w).map(|i| Some(elem(g * gb + i, j))).collect(),
                     })
                     .collect(),
             });
@@ -82,7 +83,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
                     .map(|j| CodeVec {
                         op: CodeOp::Shift2(shift(j)),
                         act: ActPos::Permuted(4 * base + j * l),
-                        lane_elem: (0..l).map(|i| elem(base + i, j)).collect(),
+                        lane_elem: (0..l).map(|i| Some(elem(base + i, j))).collect(),
                     })
                     .collect(),
             });
@@ -92,14 +93,44 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
 }
 
 /// ggml TQ1_0: qs[0..32] -> 5 trits per byte (elements n*32 + m), qs[32..48] -> 5 trits
-/// (elements 160 + n*16 + m), qh[0..4] -> 4 trits (elements 240 + n*4 + j).
+/// (elements 160 + n*16 + m), qh[0..4] -> 4 trits (elements 240 + n*4 + j; the fifth trit of a
+/// qh byte is always 0, a padding lane).
+///
+/// * `w >= 64`: the whole 52-byte block in one (masked) load, 5 trit vectors with permuted
+///   activations: 260 prepared slots per block (4 padding slots).
+/// * `w >= 32`: qs[0..32] natural (5 vectors), then qs[32..48] + qh in one 20-byte load
+///   (5 permuted vectors, slots 160..260).
+/// * narrower: the three sections in natural order, `w` bytes per load.
 fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
     if span != 52 {
         return Err(format!(
             "base-3 spans are single 52-byte blocks, got {span}"
         ));
     }
+    let elem = |byte: usize, n: usize| -> Option<usize> {
+        match byte {
+            0..=31 => Some(n * 32 + byte),
+            32..=47 => Some(160 + n * 16 + (byte - 32)),
+            48..=51 if n < 4 => Some(240 + n * 4 + (byte - 48)),
+            _ => None,
+        }
+    };
     let mut out = Vec::new();
+    if w >= 64 {
+        out.push(Chunk {
+            offset: 0,
+            width: 52,
+            repeat: 1,
+            vecs: (0..5)
+                .map(|n| CodeVec {
+                    op: CodeOp::Trit(n as u32),
+                    act: ActPos::Permuted(n * 52),
+                    lane_elem: (0..52).map(|i| elem(i, n)).collect(),
+                })
+                .collect(),
+        });
+        return Ok(out);
+    }
     let mut section = |offset: usize, bytes: usize, trits: u32, ebase: usize| {
         let width = w.min(bytes);
         out.push(Chunk {
@@ -110,13 +141,30 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
                 .map(|n| CodeVec {
                     op: CodeOp::Trit(n),
                     act: ActPos::Natural(ebase + n as usize * bytes),
-                    lane_elem: (0..width).map(|i| ebase + n as usize * bytes + i).collect(),
+                    lane_elem: (0..width)
+                        .map(|i| Some(ebase + n as usize * bytes + i))
+                        .collect(),
                 })
                 .collect(),
         });
     };
     section(0, 32, 5, 0);
-    section(32, 16, 5, 160);
-    section(48, 4, 4, 240);
+    if w >= 32 {
+        out.push(Chunk {
+            offset: 32,
+            width: 20,
+            repeat: 1,
+            vecs: (0..5)
+                .map(|n| CodeVec {
+                    op: CodeOp::Trit(n as u32),
+                    act: ActPos::Permuted(160 + n * 20),
+                    lane_elem: (0..20).map(|i| elem(32 + i, n)).collect(),
+                })
+                .collect(),
+        });
+    } else {
+        section(32, 16, 5, 160);
+        section(48, 4, 4, 240);
+    }
     Ok(out)
 }

@@ -40,40 +40,59 @@ pub fn plan(spec: &FormatSpec, w: usize) -> Result<Plan, String> {
     })
 }
 
-/// Prepared-slot -> span-element map of a chunk list; checked to be a permutation.
-pub fn slot_map(spec: &FormatSpec, ch: &[Chunk], span_elems: usize) -> Result<Vec<usize>, String> {
-    let mut map: Vec<Option<usize>> = vec![None; span_elems];
+/// Prepared-slot -> span-element map of a chunk list (`None`: a padding slot, always 0).
+/// Checked: every element of the span appears in exactly one slot, natural vectors really are
+/// natural, and no slot is used twice.
+pub fn slot_map(
+    spec: &FormatSpec,
+    ch: &[Chunk],
+    span_elems: usize,
+) -> Result<Vec<Option<usize>>, String> {
+    let mut map: Vec<Option<Option<usize>>> = Vec::new();
     let mut seen = vec![false; span_elems];
     for c in ch {
         for rep in 0..c.repeat {
             for v in &c.vecs {
                 for (i, &e) in v.lane_elem.iter().enumerate() {
-                    let e = e + rep * c.width;
-                    let slot = match v.act {
-                        ActPos::Natural(o) => o + rep * c.width + i,
-                        ActPos::Permuted(o) => o + rep * c.width + i,
+                    let e = e.map(|e| e + rep * c.width);
+                    let (o, natural) = match v.act {
+                        ActPos::Natural(o) => (o, true),
+                        ActPos::Permuted(o) => (o, false),
                     };
-                    if let ActPos::Natural(o) = v.act {
-                        if o + i != v.lane_elem[i] {
-                            return Err(format!(
-                                "{}: natural lane {i} is element {} not {}",
-                                spec.name,
-                                v.lane_elem[i],
-                                o + i
-                            ));
-                        }
-                    }
-                    if e >= span_elems || slot >= span_elems || seen[e] || map[slot].is_some() {
+                    let slot = o + rep * c.width + i;
+                    if natural && v.lane_elem[i] != Some(o + i) {
                         return Err(format!(
-                            "{}: decode rule maps element {e} to slot {slot} twice or out of the span",
-                            spec.name
+                            "{}: natural lane {i} is element {:?}, not {}",
+                            spec.name,
+                            v.lane_elem[i],
+                            o + i
                         ));
                     }
-                    seen[e] = true;
+                    if map.len() <= slot {
+                        map.resize(slot + 1, None);
+                    }
+                    if map[slot].is_some() {
+                        return Err(format!("{}: decode rule uses slot {slot} twice", spec.name));
+                    }
+                    if let Some(e) = e {
+                        if e >= span_elems || seen[e] {
+                            return Err(format!(
+                                "{}: decode rule maps element {e} twice or outside the span",
+                                spec.name
+                            ));
+                        }
+                        seen[e] = true;
+                    }
                     map[slot] = Some(e);
                 }
             }
         }
+    }
+    if let Some(e) = seen.iter().position(|s| !s) {
+        return Err(format!(
+            "{}: decode rule never reads element {e}",
+            spec.name
+        ));
     }
     map.into_iter()
         .enumerate()
@@ -100,10 +119,13 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let main_map = slot_map(spec, &plan.main, plan.span_blocks * spec.block_elems)?;
     let tail_map = match &plan.tail {
         Some(t) => slot_map(spec, t, spec.block_elems)?,
-        None => (0..spec.block_elems).collect(),
+        None => (0..spec.block_elems).map(Some).collect(),
     };
-    let identity = main_map.iter().enumerate().all(|(s, &e)| s == e)
-        && tail_map.iter().enumerate().all(|(s, &e)| s == e);
+    let identity = main_map.iter().enumerate().all(|(s, &e)| Some(s) == e)
+        && tail_map.iter().enumerate().all(|(s, &e)| Some(s) == e);
+    let main_slots = lit(main_map.len());
+    let tail_slots = lit(tail_map.len());
+    let layout = crate::module_name(row);
 
     let prepare = gen_prepare(spec, &plan, &main_map, &tail_map, identity);
     let quantize = gen_quantize(spec, &tf);
@@ -150,6 +172,19 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         pub const BB: usize = #bb;
         /// Blocks per main span.
         pub const SPAN_BLOCKS: usize = #sb;
+        /// Prepared activation slots per main span / per tail block.
+        pub const MAIN_SLOTS: usize = #main_slots;
+        pub const TAIL_SLOTS: usize = #tail_slots;
+        /// Activation layout id (checked by the safe API).
+        pub const LAYOUT: &str = #layout;
+
+        /// Prepared activation row length for a row of `k` elements.
+        #[inline]
+        pub const fn prepared_stride(k: usize) -> usize {
+            let nb = k / BE;
+            let spans = nb / SPAN_BLOCKS;
+            spans * MAIN_SLOTS + (nb - spans * SPAN_BLOCKS) * TAIL_SLOTS
+        }
 
         #prepare
         #quantize
@@ -161,8 +196,8 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
 fn gen_prepare(
     spec: &FormatSpec,
     plan: &Plan,
-    main: &[usize],
-    tail: &[usize],
+    main: &[Option<usize>],
+    tail: &[Option<usize>],
     identity: bool,
 ) -> TokenStream {
     let be = lit(spec.block_elems);
@@ -183,32 +218,45 @@ fn gen_prepare(
     let permute = if identity {
         quote! { let q = acts.q.clone(); }
     } else {
+        // u16::MAX marks a padding slot (stays 0)
+        let enc = |m: &[Option<usize>]| -> Vec<Literal> {
+            m.iter()
+                .map(|e| Literal::u16_unsuffixed(e.map_or(u16::MAX, |e| e as u16)))
+                .collect()
+        };
         let main_len = lit(main.len());
-        let main_vals = main.iter().map(|&v| Literal::u16_unsuffixed(v as u16));
+        let main_vals = enc(main);
         let tail_len = lit(tail.len());
-        let tail_vals = tail.iter().map(|&v| Literal::u16_unsuffixed(v as u16));
+        let tail_vals = enc(tail);
         let sb = lit(plan.span_blocks);
         quote! {
-            /// Prepared slot -> element map of a main span (derived from the decode rule).
+            /// Prepared slot -> element map of a main span (derived from the decode rule;
+            /// u16::MAX = padding slot).
             const MAIN_MAP: [u16; #main_len] = [#(#main_vals),*];
             /// The same for a single-block tail span.
             const TAIL_MAP: [u16; #tail_len] = [#(#tail_vals),*];
-            let mut q = vec![0i8; m * k];
+            let stride = prepared_stride(k);
+            let mut q = vec![0i8; m * stride];
             let nb = k / #be;
             let main_spans = nb / #sb;
             for row in 0..m {
                 let src = &acts.q[row * k..(row + 1) * k];
-                let dst = &mut q[row * k..(row + 1) * k];
+                let dst = &mut q[row * stride..(row + 1) * stride];
                 for sp in 0..main_spans {
-                    let e0 = sp * MAIN_MAP.len();
+                    let (s0, e0) = (sp * MAIN_MAP.len(), sp * #sb * #be);
                     for (slot, &e) in MAIN_MAP.iter().enumerate() {
-                        dst[e0 + slot] = src[e0 + e as usize];
+                        if e != u16::MAX {
+                            dst[s0 + slot] = src[e0 + e as usize];
+                        }
                     }
                 }
                 for blk in main_spans * #sb..nb {
+                    let s0 = main_spans * MAIN_MAP.len() + (blk - main_spans * #sb) * TAIL_MAP.len();
                     let e0 = blk * #be;
                     for (slot, &e) in TAIL_MAP.iter().enumerate() {
-                        dst[e0 + slot] = src[e0 + e as usize];
+                        if e != u16::MAX {
+                            dst[s0 + slot] = src[e0 + e as usize];
+                        }
                     }
                 }
             }
@@ -216,13 +264,17 @@ fn gen_prepare(
     };
     quote! {
         /// Activation layout of this kernel family: int8 values reordered to the decode
-        /// order of the packed weights, plus per-block sums for block-scale formats.
+        /// order of the packed weights (with zero padding slots where the decode rule has
+        /// them), plus per-block sums for block-scale formats.
         /// `acts.k` must be a multiple of the block size (checked by the caller).
         pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
             let (m, k) = (acts.m, acts.k);
             #permute
             #bsum
-            PreparedActs { m, k, q, scale: acts.scale.clone(), sum: acts.sum.clone(), bsum, lut: Vec::new() }
+            PreparedActs {
+                m, k, stride: prepared_stride(k), layout: LAYOUT, q,
+                scale: acts.scale.clone(), sum: acts.sum.clone(), bsum, lut: Vec::new(),
+            }
         }
     }
 }
@@ -382,54 +434,64 @@ fn gen_dequantize(
             let off = lit(c.offset);
             let w = lit(c.width);
             let step = b.dequant_step();
-            let contiguous = c.width >= step
-                && c.vecs.iter().all(|v| {
-                    (0..c.width)
-                        .step_by(step)
-                        .all(|l| (0..step).all(|t| v.lane_elem[l + t] == v.lane_elem[l] + t))
-                });
-            let inner = if contiguous {
-                let load = b.load(c.width, quote! { p.add(#off + rep * #w) });
-                let mut st = quote! { let v: #vt = #load; };
-                for (vi, v) in c.vecs.iter().enumerate() {
-                    let cv = format_ident!("c{}", vi);
-                    let code = b.code(&format_ident!("v"), v.op);
-                    st.extend(quote! { let #cv: #vt = #code; });
-                    for l in (0..c.width).step_by(step) {
-                        let e = lit(v.lane_elem[l]);
-                        st.extend(b.store_dequant(
+            // a run of `step` lanes is stored with one vector op when its lanes are real,
+            // consecutive elements; other lanes (narrow chunks, padding) go through the scalar
+            // vocabulary one byte at a time.
+            let run_ok = |v: &crate::decode::CodeVec, l: usize| {
+                l + step <= c.width
+                    && v.lane_elem[l].is_some()
+                    && (0..step).all(|t| v.lane_elem[l + t] == v.lane_elem[l].map(|e| e + t))
+            };
+            let load = b.load(c.width, quote! { p.add(#off + rep * #w) });
+            let mut inner = quote! { let v: #vt = #load; };
+            let sc = Scalar;
+            for (vi, v) in c.vecs.iter().enumerate() {
+                let cv = format_ident!("c{}", vi);
+                let code = b.code(&format_ident!("v"), v.op);
+                let mut vector_runs = TokenStream::new();
+                let mut leftovers: Vec<(usize, usize)> = Vec::new();
+                let mut l = 0;
+                while l < c.width {
+                    if l % step == 0 && run_ok(v, l) {
+                        let e = lit(v.lane_elem[l].expect("checked"));
+                        vector_runs.extend(b.store_dequant(
                             &cv,
                             l,
                             step,
                             quote! { d },
                             quote! { o.add(#e + rep * #w) },
                         ));
+                        l += step;
+                    } else {
+                        if let Some(e) = v.lane_elem[l] {
+                            leftovers.push((l, e));
+                        }
+                        l += 1;
                     }
                 }
-                st
-            } else {
-                // narrow or scattered chunk: decode byte by byte with the scalar vocabulary
-                let mut st = TokenStream::new();
-                let sc = Scalar;
-                for v in &c.vecs {
-                    let code = sc.code(&format_ident!("v"), v.op);
-                    let lane_elems = v.lane_elem.iter().map(|&e| lit(e));
-                    st.extend(quote! {
-                        for (i, &e) in [#(#lane_elems),*].iter().enumerate() {
+                if !vector_runs.is_empty() {
+                    inner.extend(quote! { let #cv: #vt = #code; #vector_runs });
+                }
+                if !leftovers.is_empty() {
+                    let scode = sc.code(&format_ident!("v"), v.op);
+                    let lanes = leftovers.iter().map(|&(l, _)| lit(l));
+                    let elems = leftovers.iter().map(|&(_, e)| lit(e));
+                    inner.extend(quote! {
+                        for (&i, &e) in [#(#lanes),*].iter().zip([#(#elems),*].iter()) {
                             let v = *p.add(#off + rep * #w + i) as i32;
-                            *o.add(e + rep * #w) = (#code - 1) as f32 * d;
+                            *o.add(e + rep * #w) = (#scode - 1) as f32 * d;
                         }
                     });
                 }
-                st
-            };
+            }
             let reps = lit(c.repeat);
             body.extend(quote! { for rep in 0..#reps { #inner } });
         }
         body
     };
     let main = span_body(&plan.main);
-    let (prologue, block_scale) = match spec.scale {
+    let prologue = b.prologue();
+    let (tail_prologue, block_scale) = match spec.scale {
         ScaleRule::TensorTail { .. } => (
             quote! {
                 let t = data.add(nblocks * #bcb);
@@ -437,10 +499,10 @@ fn gen_dequantize(
             },
             quote! {},
         ),
-        ScaleRule::BlockF16 => (
-            quote! {},
-            quote! { let d = half::f16::from_le_bytes([*p.add(#bcb), *p.add(#bcb + 1)]).to_f32(); },
-        ),
+        ScaleRule::BlockF16 => (quote! {}, {
+            let l = b.load_f16(quote! { p.add(#bcb) });
+            quote! { let d = #l; }
+        }),
     };
     let stride = if spec.scale == ScaleRule::BlockF16 {
         quote! { #bb }
@@ -468,8 +530,10 @@ fn gen_dequantize(
         /// values.
         #tf
         pub unsafe fn dequantize(data: *const u8, n: usize, k: usize, out: *mut f32) {
+            #prologue
             let nblocks = n * k / #be;
             #prologue
+            #tail_prologue
             let spans = nblocks / #sb;
             for sp in 0..spans {
                 let p = data.add(sp * #sb * #stride);
@@ -597,7 +661,6 @@ fn gen_tile(
     tf: &TokenStream,
 ) -> TokenStream {
     let name = format_ident!("tile_{}x{}", r, c);
-    let be = lit(spec.block_elems);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
     let sb = lit(plan.span_blocks);
@@ -612,7 +675,7 @@ fn gen_tile(
     let aptrs = (0..c).map(|j| {
         let ap = format_ident!("a{}", j);
         let jl = lit(j);
-        quote! { let #ap = acts.q.as_ptr().add((col + #jl) * k); }
+        quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
     let classes = scaled_classes(b, plan, r, c);
     let accs: Vec<Ident> = (0..r)
@@ -652,21 +715,24 @@ fn gen_tile(
     };
     let main = span_dots(b, &plan.main, r, c, classes.is_some());
     let body = if per_block {
-        let flush = (0..r)
-            .flat_map(|i| (0..c).map(move |j| (i, j)))
-            .map(|(i, j)| {
+        let flush = (0..r).map(|i| {
+            let wp = format_ident!("w{}", i);
+            let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
+            let per_col = (0..c).map(|j| {
                 let acc = format_ident!("acc{}_{}", i, j);
                 let f = format_ident!("f{}_{}", i, j);
-                let wp = format_ident!("w{}", i);
                 let h = b.hsum(quote! { #acc });
                 let jl = lit(j);
                 quote! {
                     let s = #h - *acts.bsum.get_unchecked((col + #jl) * nb + blk);
-                    let dp = #wp.add(span_off + #bcb);
-                    let d = half::f16::from_le_bytes([*dp, *dp.add(1)]).to_f32();
                     #f += d * s as f32;
                 }
             });
+            quote! {{
+                let d = #f16;
+                #(#per_col)*
+            }}
+        });
         let fs = (0..r).flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)));
         let fs2: Vec<Ident> = (0..r)
             .flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)))
@@ -681,7 +747,7 @@ fn gen_tile(
             #(let mut #fs = 0f32;)*
             for blk in 0..nb {
                 let span_off = blk * #bb;
-                let span_elem = blk * #be;
+                let span_elem = blk * MAIN_SLOTS;
                 #(let mut #accs: #vt = #zero;)*
                 #main
                 #merge
@@ -696,7 +762,7 @@ fn gen_tile(
                 quote! {
                     for blk in spans * #sb..nb {
                         let span_off = blk * #bcb;
-                        let span_elem = blk * #be;
+                        let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
                         #td
                     }
                 }
@@ -717,7 +783,7 @@ fn gen_tile(
             let spans = nb / #sb;
             for sp in 0..spans {
                 let span_off = sp * #sb * #bcb;
-                let span_elem = sp * #sb * #be;
+                let span_elem = sp * MAIN_SLOTS;
                 #main
             }
             #tail
@@ -725,6 +791,7 @@ fn gen_tile(
             #(#stores)*
         }
     };
+    let prologue = b.prologue();
     quote! {
         /// One register tile: weight rows `row..row + R` times activation rows `col..col + C`.
         #[inline]
@@ -733,6 +800,7 @@ fn gen_tile(
             w: *const u8, row_bytes: usize, nb: usize, n: usize, k: usize, ws: f32,
             acts: &PreparedActs, row: usize, col: usize, out: *mut f32, pf: usize,
         ) {
+            #prologue
             #(#wptrs)*
             #(#aptrs)*
             #body
