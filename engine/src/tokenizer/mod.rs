@@ -18,6 +18,8 @@ mod bpe;
 mod bytelevel;
 mod pretokenize;
 
+pub use pretokenize::LLAMA3_PATTERN;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Mutex;

@@ -6,7 +6,7 @@ use fancy_regex::Regex;
 /// pre-tokenizer in LLaMA-3's `tokenizer.json`. The `\s+(?!\S)` branch leaves the last
 /// whitespace character of a run in front of a word so it can join that word (`"  x"` ->
 /// `" "`, `" x"`), which is why a look-around capable engine is needed.
-pub(crate) const LLAMA3_PATTERN: &str = concat!(
+pub const LLAMA3_PATTERN: &str = concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)",
     r"|[^\r\n\p{L}\p{N}]?\p{L}+",
     r"|\p{N}{1,3}",
