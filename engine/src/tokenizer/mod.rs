@@ -177,6 +177,8 @@ const STOP_TOKEN_NAMES: &[&str] = &[
 
 /// Bound on the BPE result cache (entries); the cache is cleared when it fills up.
 const CACHE_CAPACITY: usize = 1 << 16;
+/// Longer pieces (in byte-level UTF-8 bytes) are not cached.
+const CACHE_MAX_PIECE: usize = 256;
 
 /// A byte-level BPE tokenizer (LLaMA-3 flavour). Cheap to share: `Send + Sync`.
 pub struct Tokenizer {
@@ -349,7 +351,7 @@ impl Tokenizer {
             }
         }
 
-        let pre = PreTokenizer::new(pretokenize::LLAMA3_PATTERN).map_err(TokenizerError::Regex)?;
+        let pre = PreTokenizer::llama3().map_err(TokenizerError::Regex)?;
 
         Ok(Tokenizer {
             tokens: cfg.tokens.clone(),
@@ -441,10 +443,12 @@ impl Tokenizer {
                 ids.extend(piece.bytes().map(|b| self.byte_ids[b as usize]));
                 let from = out.len();
                 self.merges.apply(&ids, out);
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
+                if mapped.len() <= CACHE_MAX_PIECE {
+                    if cache.len() >= CACHE_CAPACITY {
+                        cache.clear();
+                    }
+                    cache.insert(mapped.clone(), out[from..].to_vec());
                 }
-                cache.insert(mapped.clone(), out[from..].to_vec());
             })
             .map_err(TokenizerError::Regex)
     }
