@@ -424,9 +424,6 @@ impl Tokenizer {
         }
         let mut mapped = String::new();
         let mut ids = Vec::new();
-        // A poisoned lock only means another thread panicked mid-insert; the map is
-        // still a valid cache, so keep using it.
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         self.pre
             .split(text, |piece| {
                 mapped.clear();
@@ -435,15 +432,19 @@ impl Tokenizer {
                     out.push(id);
                     return;
                 }
-                if let Some(hit) = cache.get(&mapped) {
-                    out.extend_from_slice(hit);
-                    return;
+                let cacheable = mapped.len() <= CACHE_MAX_PIECE;
+                if cacheable {
+                    if let Some(hit) = self.cache_lock().get(&mapped) {
+                        out.extend_from_slice(hit);
+                        return;
+                    }
                 }
                 ids.clear();
                 ids.extend(piece.bytes().map(|b| self.byte_ids[b as usize]));
                 let from = out.len();
                 self.merges.apply(&ids, out);
-                if mapped.len() <= CACHE_MAX_PIECE {
+                if cacheable {
+                    let mut cache = self.cache_lock();
                     if cache.len() >= CACHE_CAPACITY {
                         cache.clear();
                     }
@@ -451,6 +452,12 @@ impl Tokenizer {
                 }
             })
             .map_err(TokenizerError::Regex)
+    }
+
+    /// The BPE cache. A poisoned lock only means another thread panicked while holding it;
+    /// the map is still a valid cache, so keep using it.
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u32>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Decodes ids to text, keeping special tokens as their text (`<|eot_id|>`).
