@@ -7,10 +7,10 @@ use fancy_regex::Regex;
 /// whitespace character of a run in front of a word so it can join that word (`"  x"` ->
 /// `" "`, `" x"`).
 ///
-/// [`PreTokenizer`] does not run this pattern directly: a backtracking engine needs stack
+/// The tokenizer does not run this pattern directly: a backtracking engine needs stack
 /// proportional to a whitespace run for the look-ahead (fancy-regex gives up on ~1 MB of
-/// spaces). It runs [`LLAMA3_PATTERN_NO_LOOKAHEAD`] (pure DFA/NFA, linear time) and emulates
-/// the look-ahead branch afterwards; tests check the two agree.
+/// spaces). It runs the pattern without the `\s+(?!\S)` branch (no look-around, so
+/// linear-time automata) and emulates that branch afterwards; tests check the two agree.
 pub const LLAMA3_PATTERN: &str = concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)",
     r"|[^\r\n\p{L}\p{N}]?\p{L}+",
