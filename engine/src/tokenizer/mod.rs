@@ -6,7 +6,7 @@
 //!
 //! Encoding follows the Hugging Face `tokenizers` pipeline of LLaMA-3's `tokenizer.json`:
 //! 1. optional split on special tokens written in the text ([`Tokenizer::encode_with_special`]);
-//! 2. the LLaMA-3 regex split (with its `\s+(?!\S)` look-ahead);
+//! 2. the LLaMA-3 regex split ([`LLAMA3_PATTERN`], look-ahead branch emulated in linear time);
 //! 3. byte-level mapping of each piece (`" "` -> `Ġ`, ...);
 //! 4. if the mapped piece is itself a vocabulary entry it becomes that one token
 //!    (LLaMA-3's `ignore_merges`), otherwise BPE merges are applied in rank order.
