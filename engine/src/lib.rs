@@ -1,1 +1,4 @@
 //! ternforge inference engine.
+
+pub mod chat;
+pub mod tokenizer;
