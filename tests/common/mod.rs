@@ -139,7 +139,7 @@ pub fn random_tensor(format: Format, n: usize, k: usize, rng: &mut Rng) -> Vec<u
         CodeRule::Base3 => {}
         CodeRule::PairLut { .. } | CodeRule::TripleLut { .. } => {
             for b in d.iter_mut() {
-                *b = (*b & 15) % 9 | ((*b >> 4) % 9) << 4;
+                *b = ((*b & 15) % 9) | (((*b >> 4) % 9) << 4);
             }
         }
     }

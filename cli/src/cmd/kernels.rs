@@ -204,7 +204,9 @@ fn files(json: bool) -> Result<(), Error> {
         .iter()
         .map(|(m, s)| (format!("{dir}/{m}.rs"), s.len()))
         .collect();
-    list.push((format!("{dir}/registry.rs"), 0));
+    let registry = format!("{dir}/registry.rs");
+    let size = std::fs::metadata(&registry).map_or(0, |m| m.len() as usize);
+    list.push((registry, size));
     if json {
         let v: Vec<_> = list
             .iter()
