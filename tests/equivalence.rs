@@ -123,7 +123,7 @@ fn check_quantize(e: &'static KernelEntry) {
     run(
         e.id,
         "quantize byte-exact",
-        48,
+        256,
         strategy,
         |((n, k), kind, seed)| {
             let mut rng = Rng::new(seed);
@@ -145,7 +145,7 @@ fn check_quantize(e: &'static KernelEntry) {
     run(
         e.id,
         "quantize round trip",
-        24,
+        64,
         strategy,
         |((n, k), seed)| {
             let mut rng = Rng::new(seed);
@@ -181,7 +181,7 @@ fn check_dequantize(e: &'static KernelEntry) {
     run(
         e.id,
         "dequantize bit-exact",
-        48,
+        256,
         strategy,
         |((n, k), seed)| {
             let mut rng = Rng::new(seed);
@@ -203,7 +203,7 @@ fn check_dequantize(e: &'static KernelEntry) {
     run(
         e.id,
         "dequantize round trip",
-        24,
+        64,
         strategy,
         |((n, k), seed)| {
             let mut rng = Rng::new(seed);
@@ -326,7 +326,7 @@ fn check_matmul(e: &'static KernelEntry) {
     run(
         e.id,
         "matmul shapes",
-        24,
+        256,
         strategy,
         |((n, k), m, wk, ak, seed)| matmul_case(e, n, k, m, wk, ak, seed),
     );
@@ -341,7 +341,7 @@ fn check_matmul(e: &'static KernelEntry) {
     run(
         e.id,
         "matmul big m",
-        6,
+        48,
         strategy,
         |((n, k), m, wk, ak, seed)| matmul_case(e, n, k, m, wk, ak, seed),
     );

@@ -368,9 +368,12 @@ fn run_child(test: &str, env: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // the tail is enough: a crashing child's last line names what it was doing
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
     assert!(
         out.status.success(),
-        "child `{test}` {env:?} failed ({}):\n{text}",
+        "child `{test}` {env:?} failed ({}); output tail:\n{tail}",
         out.status
     );
     assert!(
@@ -401,6 +404,7 @@ fn prepared_acts_from_another_kernel() {
             let w = PackedWeights::new(f, &data, 6, K).unwrap();
             let want = ternforge::reference::matmul(f.spec(), &data, 6, K, &acts);
             let mut out = vec![f32::NAN; 2 * 6];
+            eprintln!("prepared by {} -> run by {}", a.id, b.id);
             match matmul_prepared(b, &w, &p, &mut out) {
                 Err(KernelError::Activations(_)) => {}
                 Err(e) => failures.push(format!("{} acts -> {}: wrong error {e:?}", a.id, b.id)),
