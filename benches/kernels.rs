@@ -1,8 +1,10 @@
 //! Criterion benches: one entry per runnable kernel of the table (ids from
 //! `ternforge_macros::kernel_ids!`), per op: GEMV 2560x6912, GEMM m=128 on 2560x6912,
 //! quantize / dequantize of 1M elements. Kernels this build or CPU cannot run print a skip line.
-//! Sample counts are small so that `cargo bench` finishes in minutes; `ternforge bench`
-//! measures against the machine's DRAM bandwidth and int8 peak.
+//! Sample counts are small so that `cargo bench` finishes in minutes. One weight copy is used,
+//! so GEMV weights (a few MB) may sit in the last-level cache: these are compute-side numbers.
+//! `ternforge bench` streams GEMV weights from DRAM and compares with the machine's measured
+//! bandwidth and int8 peak.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
