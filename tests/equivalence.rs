@@ -123,7 +123,7 @@ fn check_quantize(e: &'static KernelEntry) {
     run(
         e.id,
         "quantize byte-exact",
-        256,
+        512,
         strategy,
         |((n, k), kind, seed)| {
             let mut rng = Rng::new(seed);
@@ -181,7 +181,7 @@ fn check_dequantize(e: &'static KernelEntry) {
     run(
         e.id,
         "dequantize bit-exact",
-        256,
+        512,
         strategy,
         |((n, k), seed)| {
             let mut rng = Rng::new(seed);
@@ -326,7 +326,7 @@ fn check_matmul(e: &'static KernelEntry) {
     run(
         e.id,
         "matmul shapes",
-        256,
+        512,
         strategy,
         |((n, k), m, wk, ak, seed)| matmul_case(e, n, k, m, wk, ak, seed),
     );
