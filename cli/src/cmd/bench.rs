@@ -1,0 +1,559 @@
+//! `ternforge bench`: what this machine can do and how close the kernels get to it.
+//!
+//! * DRAM read bandwidth, one thread and all threads (stream-read a buffer far larger than the
+//!   last-level cache, best of several passes);
+//! * int8 dot-product peak of one core: `vpdpbusd` (AVX-512 VNNI) when the CPU has it, else
+//!   `vpmaddubsw` (AVX2), as GMAC/s;
+//! * per format and per runnable ISA: GEMV 2560x6912 and 6912x2560 (n x k) streaming the
+//!   weights from DRAM (cycling over copies totalling more than the cache), one thread and all
+//!   threads, as GB/s of weight bytes and % of the measured DRAM bandwidth, plus end to end
+//!   (activation quantization and preparation included); GEMM m=128 on 2560x6912 as GMAC/s and
+//!   % of the int8 peak; quantize / dequantize of 1M elements as Gelem/s.
+
+use super::Error;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use ternforge::{
+    cpu, dequantize_with, matmul_prepared, matmul_with, prepare_for, quantize_acts, quantize_with,
+    reference, Dispatch, Format, Isa, KernelEntry, KernelOp, PackedWeights, Tile,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Short run (smaller buffers, shorter timings; numbers are noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Only these formats (comma-separated, e.g. `i2s,tq2_0`).
+    #[arg(long, value_delimiter = ',')]
+    format: Vec<String>,
+    /// Only these ISAs (comma-separated, e.g. `avx512vnni,scalar`).
+    #[arg(long, value_delimiter = ',')]
+    isa: Vec<String>,
+}
+
+#[derive(Serialize, Clone)]
+struct Machine {
+    threads: usize,
+    cpu_features: Vec<&'static str>,
+    dram_read_gbs_1t: f64,
+    dram_read_gbs_all: f64,
+    int8_peak_gmacs_1t: f64,
+    int8_peak_kind: &'static str,
+}
+
+#[derive(Serialize, Clone)]
+struct Row {
+    format: &'static str,
+    isa: &'static str,
+    kernel: &'static str,
+    bench: String,
+    threads: usize,
+    value: f64,
+    unit: &'static str,
+    /// Percentage of the machine reference (`pct_of`), when one applies.
+    pct: Option<f64>,
+    pct_of: &'static str,
+}
+
+struct Budget {
+    /// Time per measurement.
+    time: Duration,
+    /// Bytes of distinct weight copies the GEMV cycles over.
+    weight_set: usize,
+    /// DRAM stream buffer.
+    stream: usize,
+}
+
+pub fn run(args: Args) -> Result<(), Error> {
+    let budget = if args.quick {
+        Budget {
+            time: Duration::from_millis(250),
+            weight_set: 96 << 20,
+            stream: 256 << 20,
+        }
+    } else {
+        Budget {
+            time: Duration::from_millis(1000),
+            weight_set: 288 << 20,
+            stream: 1 << 30,
+        }
+    };
+    let formats: Vec<Format> = if args.format.is_empty() {
+        Format::ALL.to_vec()
+    } else {
+        args.format
+            .iter()
+            .map(|s| Format::from_name(s).ok_or_else(|| format!("unknown format {s:?}")))
+            .collect::<Result<_, _>>()?
+    };
+    let isas: Vec<Isa> = if args.isa.is_empty() {
+        Isa::ALL.to_vec()
+    } else {
+        args.isa
+            .iter()
+            .map(|s| Isa::from_name(s).ok_or_else(|| format!("unknown ISA {s:?}")))
+            .collect::<Result<_, _>>()?
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let threads = rayon::current_num_threads();
+
+    let progress = |s: &str| {
+        if !args.json {
+            eprintln!("  measuring {s}...");
+        }
+    };
+    progress("DRAM read bandwidth");
+    let (bw1, bwn) = dram_bandwidth(&one, budget.stream, if args.quick { 3 } else { 5 });
+    progress("int8 peak");
+    let (peak, peak_kind) = one.install(|| int8_peak(budget.time));
+    let machine = Machine {
+        threads,
+        cpu_features: cpu::feature_names(),
+        dram_read_gbs_1t: bw1,
+        dram_read_gbs_all: bwn,
+        int8_peak_gmacs_1t: peak,
+        int8_peak_kind: peak_kind,
+    };
+
+    let mut rows = Vec::new();
+    for &f in &formats {
+        for &isa in &isas {
+            let Ok(d) = Dispatch::with_isa(isa) else {
+                continue;
+            };
+            // only kernels of exactly this ISA (dispatch would fall back to a lower one)
+            let pick = |op: KernelOp, m: usize| d.select(f, op, m).ok().filter(|e| e.isa == isa);
+            let mm = KernelOp::Matmul(Tile::new(1, 1));
+            let (Some(gemv), Some(gemm)) = (pick(mm, 1), pick(mm, 128)) else {
+                continue;
+            };
+            progress(&format!("{} {}", f.name(), isa.name()));
+            let ctx = Ctx {
+                f,
+                isa,
+                one: &one,
+                budget: &budget,
+                machine: &machine,
+                threads,
+            };
+            for (n, k) in [(2560, 6912), (6912, 2560)] {
+                ctx.gemv(gemv, n, k, &mut rows)?;
+            }
+            ctx.gemm(gemm, 2560, 6912, 128, &mut rows)?;
+            if let Some(q) = pick(KernelOp::Quantize, 1) {
+                ctx.quantize(q, &mut rows)?;
+            }
+            if let Some(dq) = pick(KernelOp::Dequantize, 1) {
+                ctx.dequantize(dq, &mut rows)?;
+            }
+        }
+    }
+
+    if args.json {
+        let v = serde_json::json!({ "machine": machine, "results": rows });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "machine: {} threads, features: {}",
+        machine.threads,
+        machine.cpu_features.join(" ")
+    );
+    println!(
+        "DRAM read: {:.1} GB/s (1 thread), {:.1} GB/s ({} threads)",
+        bw1, bwn, threads
+    );
+    println!("int8 peak: {peak:.1} GMAC/s (1 thread, {peak_kind})");
+    println!();
+    let headers = [
+        "format", "isa", "kernel", "bench", "threads", "value", "unit", "% of",
+    ];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.format.to_string(),
+                r.isa.to_string(),
+                r.kernel.to_string(),
+                r.bench.clone(),
+                r.threads.to_string(),
+                format!("{:.2}", r.value),
+                r.unit.to_string(),
+                r.pct
+                    .map(|p| format!("{p:.0}% {}", r.pct_of))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    super::kernels::print_table(&headers, &cells);
+    Ok(())
+}
+
+struct Ctx<'a> {
+    f: Format,
+    isa: Isa,
+    one: &'a rayon::ThreadPool,
+    budget: &'a Budget,
+    machine: &'a Machine,
+    threads: usize,
+}
+
+/// Deterministic ternary weights `{-1, 0, 1} * 0.5` (`n * k`).
+fn weights(n: usize, k: usize) -> Vec<f32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n * k)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 33) % 3) as f32 * 0.5 - 0.5
+        })
+        .collect()
+}
+
+fn activations(m: usize, k: usize) -> Vec<f32> {
+    (0..m * k)
+        .map(|i| ((i * 7919) % 1013) as f32 / 506.5 - 1.0)
+        .collect()
+}
+
+/// Shortest time of one call of `f` over about `time` of repeated calls (best-of: the
+/// machine reference must not be lowered by other processes sharing the cores).
+fn best_call(time: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    while start.elapsed() < time {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Run `f` repeatedly for about `time` (at least `min` calls); seconds per call.
+fn time_per_call(time: Duration, min: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm up
+    let start = Instant::now();
+    let mut calls = 0;
+    while calls < min || start.elapsed() < time {
+        f();
+        calls += 1;
+    }
+    start.elapsed().as_secs_f64() / calls as f64
+}
+
+impl Ctx<'_> {
+    fn row(
+        &self,
+        e: &KernelEntry,
+        bench: String,
+        threads: usize,
+        value: f64,
+        unit: &'static str,
+        pct: Option<(f64, &'static str)>,
+    ) -> Row {
+        Row {
+            format: self.f.name(),
+            isa: self.isa.name(),
+            kernel: e.id,
+            bench,
+            threads,
+            value,
+            unit,
+            pct: pct.map(|p| p.0),
+            pct_of: pct.map(|p| p.1).unwrap_or(""),
+        }
+    }
+
+    fn gemv(
+        &self,
+        e: &'static KernelEntry,
+        n: usize,
+        k: usize,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Error> {
+        let f = self.f;
+        let w = weights(n, k);
+        let packed = reference::quantize(f.spec(), &w, n, k);
+        drop(w);
+        let bytes = packed.len();
+        let copies = self.budget.weight_set.div_ceil(bytes).max(2);
+        let set: Vec<Vec<u8>> = (0..copies).map(|_| packed.clone()).collect();
+        let views: Vec<PackedWeights> = set
+            .iter()
+            .map(|d| PackedWeights::new(f, d, n, k))
+            .collect::<Result<_, _>>()?;
+        let x = activations(1, k);
+        let acts = quantize_acts(&x, 1, k)?;
+        let prepared = prepare_for(e, &acts)?;
+        let mut out = vec![0f32; n];
+        let mut i = 0;
+        let mut kernel_only = |out: &mut Vec<f32>| {
+            matmul_prepared(e, &views[i % copies], &prepared, out).expect("gemv");
+            i += 1;
+        };
+        let t1 = self
+            .one
+            .install(|| time_per_call(self.budget.time, copies, || kernel_only(&mut out)));
+        let tn = time_per_call(self.budget.time, copies, || kernel_only(&mut out));
+        let mut j = 0;
+        let t_e2e = self.one.install(|| {
+            time_per_call(self.budget.time, copies, || {
+                let a = quantize_acts(black_box(&x), 1, k).expect("acts");
+                matmul_with(e, &views[j % copies], &a, &mut out).expect("gemv");
+                j += 1;
+            })
+        });
+        let gbs = |t: f64| bytes as f64 / t / 1e9;
+        let shape = format!("gemv {n}x{k}");
+        let m = self.machine;
+        rows.push(self.row(
+            e,
+            shape.clone(),
+            1,
+            gbs(t1),
+            "GB/s",
+            Some((100.0 * gbs(t1) / m.dram_read_gbs_1t, "DRAM 1T")),
+        ));
+        rows.push(self.row(
+            e,
+            format!("{shape} e2e"),
+            1,
+            gbs(t_e2e),
+            "GB/s",
+            Some((100.0 * gbs(t_e2e) / m.dram_read_gbs_1t, "DRAM 1T")),
+        ));
+        rows.push(self.row(
+            e,
+            shape,
+            self.threads,
+            gbs(tn),
+            "GB/s",
+            Some((100.0 * gbs(tn) / m.dram_read_gbs_all, "DRAM all")),
+        ));
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        e: &'static KernelEntry,
+        n: usize,
+        k: usize,
+        m: usize,
+        rows: &mut Vec<Row>,
+    ) -> Result<(), Error> {
+        let f = self.f;
+        let packed = reference::quantize(f.spec(), &weights(n, k), n, k);
+        let w = PackedWeights::new(f, &packed, n, k)?;
+        let acts = quantize_acts(&activations(m, k), m, k)?;
+        let prepared = prepare_for(e, &acts)?;
+        let mut out = vec![0f32; m * n];
+        let mut run = || matmul_prepared(e, &w, &prepared, &mut out).expect("gemm");
+        let t1 = self
+            .one
+            .install(|| time_per_call(self.budget.time, 1, &mut run));
+        let tn = time_per_call(self.budget.time, 1, &mut run);
+        let gmacs = |t: f64| (n * k * m) as f64 / t / 1e9;
+        let peak = self.machine.int8_peak_gmacs_1t;
+        let shape = format!("gemm m={m} {n}x{k}");
+        rows.push(self.row(
+            e,
+            shape.clone(),
+            1,
+            gmacs(t1),
+            "GMAC/s",
+            Some((100.0 * gmacs(t1) / peak, "int8 peak 1T")),
+        ));
+        rows.push(self.row(
+            e,
+            shape,
+            self.threads,
+            gmacs(tn),
+            "GMAC/s",
+            Some((
+                100.0 * gmacs(tn) / (peak * self.threads as f64),
+                "int8 peak all",
+            )),
+        ));
+        Ok(())
+    }
+
+    fn quantize(&self, e: &'static KernelEntry, rows: &mut Vec<Row>) -> Result<(), Error> {
+        let (n, k) = (1024, 1024);
+        let w = weights(n, k);
+        let t = self.one.install(|| {
+            time_per_call(self.budget.time, 1, || {
+                black_box(quantize_with(e, self.f, black_box(&w), n, k).expect("quantize"));
+            })
+        });
+        rows.push(self.row(
+            e,
+            "quantize 1M".into(),
+            1,
+            (n * k) as f64 / t / 1e9,
+            "Gelem/s",
+            None,
+        ));
+        Ok(())
+    }
+
+    fn dequantize(&self, e: &'static KernelEntry, rows: &mut Vec<Row>) -> Result<(), Error> {
+        let (n, k) = (1024, 1024);
+        let packed = reference::quantize(self.f.spec(), &weights(n, k), n, k);
+        let w = PackedWeights::new(self.f, &packed, n, k)?;
+        let mut out = vec![0f32; n * k];
+        let t = self.one.install(|| {
+            time_per_call(self.budget.time, 1, || {
+                dequantize_with(e, &w, &mut out).expect("dequantize");
+                black_box(&out);
+            })
+        });
+        rows.push(self.row(
+            e,
+            "dequantize 1M".into(),
+            1,
+            (n * k) as f64 / t / 1e9,
+            "Gelem/s",
+            None,
+        ));
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine references
+// ---------------------------------------------------------------------------------------------
+
+/// Sum a slice of u64 with 8 independent lanes (vectorizes; the loads dominate).
+fn read_sum(s: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let chunks = s.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(v);
+        }
+    }
+    acc.iter().chain(rest).fold(0u64, |a, &v| a.wrapping_add(v))
+}
+
+/// Best-of-`passes` read bandwidth in GB/s over a `bytes` buffer: one thread, all threads.
+fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
+    let words = bytes / 8;
+    // written (not calloc'ed zero pages) so every page is really backed by DRAM
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let best = |f: &dyn Fn() -> u64| {
+        (0..passes)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(f());
+                bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+            })
+            .fold(0f64, f64::max)
+    };
+    let single = one.install(|| best(&|| read_sum(black_box(&buf))));
+    let chunk = words
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1 << 16);
+    let all = best(&|| {
+        black_box(&buf)
+            .par_chunks(chunk)
+            .map(read_sum)
+            .reduce(|| 0, u64::wrapping_add)
+    });
+    (single, all)
+}
+
+/// One core's int8 multiply-accumulate peak (GMAC/s) and the instruction measured.
+fn int8_peak(time: Duration) -> (f64, &'static str) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cpu::supports(Isa::Avx512Vnni) {
+            let per = best_call(time, || {
+                // SAFETY: the CPU supports AVX-512 F/BW/VNNI (checked just above).
+                black_box(unsafe { x86::vnni_loop(black_box(1 << 16)) });
+            });
+            return (
+                (1u64 << 16) as f64 * x86::VNNI_MACS as f64 / per / 1e9,
+                "vpdpbusd zmm",
+            );
+        }
+        if cpu::supports(Isa::Avx2) {
+            let per = best_call(time, || {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                black_box(unsafe { x86::maddubs_loop(black_box(1 << 16)) });
+            });
+            return (
+                (1u64 << 16) as f64 * x86::MADDUBS_MACS as f64 / per / 1e9,
+                "vpmaddubsw ymm",
+            );
+        }
+    }
+    // portable fallback: a scalar i8 dot product
+    let a: Vec<i8> = (0..4096).map(|i| (i % 251) as i8).collect();
+    let b: Vec<i8> = (0..4096).map(|i| (i % 241) as i8).collect();
+    let per = time_per_call(time, 3, || {
+        let s: i32 = black_box(&a)
+            .iter()
+            .zip(black_box(&b))
+            .map(|(&x, &y)| x as i32 * y as i32)
+            .sum();
+        black_box(s);
+    });
+    (4096.0 / per / 1e9, "scalar i8")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Independent accumulators: enough to cover the latency of `vpdpbusd` on 2 ports.
+    const ACC: usize = 16;
+    /// MACs per loop iteration: ACC instructions of 64 u8*i8 products each.
+    pub const VNNI_MACS: usize = ACC * 64;
+    /// MACs per loop iteration of the AVX2 loop: ACC `vpmaddubsw` of 32 products each.
+    pub const MADDUBS_MACS: usize = ACC * 32;
+
+    /// `iters` iterations of ACC independent `vpdpbusd zmm` (returns a value so that nothing
+    /// is optimised away).
+    #[target_feature(enable = "avx512vnni,avx512f,avx512bw")]
+    pub unsafe fn vnni_loop(iters: usize) -> i32 {
+        let a = _mm512_set1_epi8(3);
+        let b = _mm512_set1_epi8(-2);
+        let mut acc = [_mm512_setzero_si512(); ACC];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        let mut s = _mm512_setzero_si512();
+        for v in acc {
+            s = _mm512_add_epi32(s, v);
+        }
+        _mm512_reduce_add_epi32(s)
+    }
+
+    /// `iters` iterations of ACC independent `vpmaddubsw ymm` + `vpaddw` chains.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn maddubs_loop(iters: usize) -> i32 {
+        let a = _mm256_set1_epi8(3);
+        let b = _mm256_set1_epi8(-2);
+        let mut acc = [_mm256_setzero_si256(); ACC];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_add_epi16(*v, _mm256_maddubs_epi16(a, b));
+            }
+        }
+        let mut s = _mm256_setzero_si256();
+        for v in acc {
+            s = _mm256_add_epi16(s, v);
+        }
+        _mm256_extract_epi16::<0>(s)
+    }
+}

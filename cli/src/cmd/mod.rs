@@ -1,0 +1,7 @@
+//! One module per subcommand; each exposes `Args` (clap) and `run(Args) -> Result<(), Error>`.
+
+pub mod bench;
+pub mod kernels;
+
+/// Error type of the subcommands.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
