@@ -78,7 +78,7 @@ impl Dispatch {
         m: usize,
     ) -> Result<&'static KernelEntry, KernelError> {
         for isa in self.allowed() {
-            let cands = KERNELS.iter().filter(|e| {
+            let mut cands = KERNELS.iter().filter(|e| {
                 e.format == format
                     && e.isa == isa
                     && e.runnable()
@@ -93,7 +93,7 @@ impl Dispatch {
                     }
                     _ => (false, false, 0, 0),
                 }),
-                _ => cands.last(),
+                _ => cands.next_back(),
             };
             if let Some(e) = best {
                 return Ok(e);
@@ -209,13 +209,17 @@ pub fn dequantize_with(
 /// Put activations in the layout of a matmul kernel (reusable across weights that share the
 /// kernel family, e.g. Q/K/V projections).
 pub fn prepare_for(entry: &KernelEntry, acts: &QuantizedActs) -> Result<PreparedActs, KernelError> {
+    check_entry(
+        entry,
+        entry.format,
+        KernelOp::Matmul(crate::Tile::new(1, 1)),
+    )?;
     let KernelFn::Matmul { prepare, .. } = entry.func else {
         return Err(KernelError::NoKernel(format!(
             "{} is not a matmul kernel",
             entry.id
         )));
     };
-    check_entry(entry, entry.format, entry.op)?;
     check_acts(entry.format, acts)?;
     Ok(prepare(acts))
 }
@@ -310,7 +314,17 @@ pub fn matmul_prepared(
             entry.id
         )));
     }
-    if m == 0 || acts.q.len() != m * acts.stride || acts.scale.len() != m || acts.sum.len() != m {
+    let block_sums = if spec.scale == crate::table::ScaleRule::BlockF16 {
+        m * (acts.k / spec.block_elems)
+    } else {
+        acts.bsum.len()
+    };
+    if m == 0
+        || acts.q.len() != m * acts.stride
+        || acts.scale.len() != m
+        || acts.sum.len() != m
+        || acts.bsum.len() != block_sums
+    {
         return Err(KernelError::Activations(format!(
             "inconsistent prepared activations for {}",
             entry.id

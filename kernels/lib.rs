@@ -48,23 +48,40 @@ pub const BUILD_FEATURES: &str = env!("TERNFORGE_BUILD_FEATURES");
 /// Directory holding the generated, formatted kernel sources of this build.
 pub const GENERATED_DIR: &str = env!("TERNFORGE_GENERATED_DIR");
 
-/// Activations in a matmul kernel's layout, made by that kernel family's `prepare`.
+/// Activations in a matmul kernel's layout, made by that kernel family's `prepare` (see
+/// [`prepare_for`]). The fields are private so that only `prepare` can build one: the kernels
+/// trust its lengths, and the safe API checks that it belongs to the kernel being run.
 #[derive(Clone, Debug, Default)]
 pub struct PreparedActs {
-    pub m: usize,
-    pub k: usize,
+    pub(crate) m: usize,
+    pub(crate) k: usize,
     /// Length of one prepared row in `q` (K plus any padding slots of the layout).
-    pub stride: usize,
+    pub(crate) stride: usize,
     /// The kernel family (generated module) whose layout this is.
-    pub layout: &'static str,
+    pub(crate) layout: &'static str,
     /// `m * stride` int8 values in the kernel's element order.
-    pub q: Vec<i8>,
-    pub scale: Vec<f32>,
-    pub sum: Vec<i32>,
+    pub(crate) q: Vec<i8>,
+    pub(crate) scale: Vec<f32>,
+    pub(crate) sum: Vec<i32>,
     /// Per-block sums `bsum[m * nb + b]` (block-scale formats only).
-    pub bsum: Vec<i32>,
+    pub(crate) bsum: Vec<i32>,
     /// Lookup tables (LUT formats only).
-    pub lut: Vec<i8>,
+    pub(crate) lut: Vec<i8>,
+}
+
+impl PreparedActs {
+    /// Activation rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Row length of the original activations.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// The generated module whose kernels consume this layout.
+    pub fn layout(&self) -> &'static str {
+        self.layout
+    }
 }
 
 /// Every error of the kernel API. Bad input never panics.

@@ -328,7 +328,7 @@ impl Backend for X86 {
         out: TokenStream,
     ) -> TokenStream {
         if self.wide() {
-            assert!(count == 16 && lane % 16 == 0);
+            assert!(count == 16 && lane.is_multiple_of(16));
             let idx = (lane / 16) as i32;
             quote! {{
                 let b = _mm512_extracti32x4_epi32::<#idx>(#codes);
@@ -336,7 +336,7 @@ impl Backend for X86 {
                 _mm512_storeu_ps(#out, _mm512_mul_ps(f, _mm512_set1_ps(#scale)));
             }}
         } else {
-            assert!(count == 8 && lane % 8 == 0);
+            assert!(count == 8 && lane.is_multiple_of(8));
             let half = (lane / 16) as i32;
             let shift = (lane % 16) as i32;
             let x = if shift == 0 {

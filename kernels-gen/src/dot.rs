@@ -24,7 +24,7 @@ pub struct Plan {
 pub fn plan(spec: &FormatSpec, w: usize) -> Result<Plan, String> {
     let bcb = spec.block_code_bytes;
     let span_blocks = match spec.scale {
-        ScaleRule::TensorTail { .. } if w > bcb && w % bcb == 0 => w / bcb,
+        ScaleRule::TensorTail { .. } if w > bcb && w.is_multiple_of(bcb) => w / bcb,
         _ => 1,
     };
     let main = chunks(spec, span_blocks * bcb, w)?;

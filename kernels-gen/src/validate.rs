@@ -32,7 +32,7 @@ fn check_format(f: &FormatSpec) -> Result<(), String> {
             }
             if group_bytes == 0
                 || !group_bytes.is_power_of_two()
-                || f.block_code_bytes % group_bytes != 0
+                || !f.block_code_bytes.is_multiple_of(group_bytes)
             {
                 return err(format!(
                     "group_bytes {group_bytes} must be a power of two dividing block_code_bytes {}",

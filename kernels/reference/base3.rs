@@ -66,7 +66,7 @@ fn pack(codes: impl Iterator<Item = u8>, pad_trit: bool) -> u8 {
     if pad_trit {
         q *= 3;
     }
-    ((q as u16 * 256 + 242) / 243) as u8
+    (q as u16 * 256).div_ceil(243) as u8
 }
 
 pub fn encode(spec: &FormatSpec, src: &[f32], n: usize, k: usize) -> Vec<u8> {
