@@ -218,3 +218,118 @@ pub fn padded_k(spec: &FormatSpec, k: usize) -> usize {
     let g = LutGeometry::new(spec, 1, k);
     g.pair_base() + g.pair_elems
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every runnable LUT kernel against this reference over shapes that hit every padding
+    //! case (K mod 24, N mod 32), several int16 flushes, and the extreme sums (all weights of
+    //! one sign times activations of -128) that bound the int16 accumulators.
+    use crate::{
+        dequantize_with, matmul_with, quantize_with, reference, KernelOp, PackedWeights,
+        QuantizedActs, KERNELS,
+    };
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn weights(rng: &mut Rng, n: usize, k: usize) -> Vec<f32> {
+        let mut w = Vec::with_capacity(n * k);
+        for row in 0..n {
+            for _ in 0..k {
+                let v = match row % 4 {
+                    0 | 3 => [-0.5f32, 0.0, 0.5][(rng.next() % 3) as usize],
+                    1 => -0.5,
+                    _ => 0.5,
+                };
+                w.push(v);
+            }
+        }
+        w
+    }
+
+    fn acts(rng: &mut Rng, m: usize, k: usize) -> QuantizedActs {
+        let mut q = Vec::with_capacity(m * k);
+        for row in 0..m {
+            for _ in 0..k {
+                q.push(match row % 4 {
+                    0 => rng.next() as i8,
+                    1 => -128,
+                    2 => 127,
+                    _ => [-128i8, 127][(rng.next() % 2) as usize],
+                });
+            }
+        }
+        let scale = (0..m).map(|i| 0.75 + i as f32 * 0.37).collect();
+        QuantizedActs::from_parts(m, k, q, scale).unwrap()
+    }
+
+    #[test]
+    fn lut_kernels_match_reference() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let ks: Vec<usize> = (1..=50).chain([191, 192, 193, 385, 1000, 1541]).collect();
+        let mut checked = 0;
+        for e in KERNELS.iter().filter(|e| e.format.spec().is_lut() && e.runnable()) {
+            let f = e.format;
+            for &n in &[1usize, 31, 32, 33, 70] {
+                for &k in &ks {
+                    if n * k > 40_000 && n != 33 {
+                        continue;
+                    }
+                    let w = weights(&mut rng, n, k);
+                    let packed = reference::quantize(f.spec(), &w, n, k);
+                    let pw = PackedWeights::new(f, &packed, n, k).unwrap();
+                    match e.op {
+                        KernelOp::Quantize => {
+                            let q = quantize_with(e, f, &w, n, k).unwrap();
+                            assert_eq!(q, packed, "{} {n}x{k}", e.id);
+                        }
+                        KernelOp::Dequantize => {
+                            let mut o = vec![0f32; n * k];
+                            dequantize_with(e, &pw, &mut o).unwrap();
+                            let r = reference::dequantize(f.spec(), &packed, n, k);
+                            assert_eq!(o, r, "{} {n}x{k}", e.id);
+                        }
+                        KernelOp::Matmul(_) => {
+                            for m in [1usize, 2, 4, 5, 8] {
+                                let a = acts(&mut rng, m, k);
+                                let mut o = vec![f32::NAN; m * n];
+                                matmul_with(e, &pw, &a, &mut o).unwrap();
+                                let r = reference::matmul(f.spec(), &packed, n, k, &a);
+                                assert_eq!(
+                                    o.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{} {n}x{k} m={m}",
+                                    e.id
+                                );
+                            }
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // scalar TL1 and TL2 rows always run: at least their 2 x 4 kernels were checked
+        assert!(checked >= 8, "only {checked} LUT checks ran");
+    }
+
+    #[test]
+    fn triple_and_pair_indices_round_trip() {
+        for w0 in -1i8..=1 {
+            for w1 in -1i8..=1 {
+                assert_eq!(super::pair_weights(super::pair_index(w0, w1)), (w0, w1));
+                for w2 in -1i8..=1 {
+                    let v = 9 * w0 + 3 * w1 + w2;
+                    let got = super::triple_weights(v.unsigned_abs(), v < 0);
+                    assert_eq!(got, [w0, w1, w2]);
+                }
+            }
+        }
+    }
+}
