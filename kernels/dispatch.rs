@@ -299,7 +299,9 @@ pub fn matmul_prepared(
     }
     let (n, m) = (w.n(), acts.m);
     let spec = w.format().spec();
-    if acts.q.len() != m * expected_q_cols(spec, acts.k) || acts.scale.len() != m {
+    let lut_ok = !spec.is_lut()
+        || acts.lut.len() == m * crate::reference::lut::prepared_row_bytes(spec, acts.k, entry.isa);
+    if acts.q.len() != m * expected_q_cols(spec, acts.k) || acts.scale.len() != m || !lut_ok {
         return Err(KernelError::Activations(format!(
             "activations were not prepared for {}",
             entry.id

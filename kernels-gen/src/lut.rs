@@ -45,7 +45,8 @@ fn ilit(v: i32) -> TokenStream {
     }
 }
 
-/// Which table layout a backend reads (see `gen_prepare`).
+/// Which table layout a backend reads (see `gen_prepare`; checked at compile time against
+/// `reference::lut::table_group`).
 fn group_units(isa: Isa) -> usize {
     if isa == Isa::Avx512 {
         4
@@ -86,6 +87,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let tf = target_feature(row.isa);
     let ident = format_ident!("{}", spec.ident);
     let group = lit(group_units(row.isa));
+    let isa_ident = format_ident!("{}", format!("{:?}", row.isa));
     let prelude = match row.isa {
         Isa::Avx2 | Isa::Avx512 => quote! { use core::arch::x86_64::*; },
         Isa::Neon => quote! { use core::arch::aarch64::*; },
@@ -137,6 +139,9 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         use crate::reference::lut::LutGeometry;
         use crate::table::FormatSpec;
         use crate::{PreparedActs, QuantizedActs};
+
+        // the table layout `prepare` writes is the one the runtime checks
+        const _: () = assert!(GROUP == crate::reference::lut::table_group(crate::table::Isa::#isa_ident));
 
         /// The format of this module.
         const SPEC: &FormatSpec = &crate::table::#ident;

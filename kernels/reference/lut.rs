@@ -18,7 +18,7 @@
 //! `Rp/4` TL1 chunks for the remainder.
 
 use super::{Scales, Ternary};
-use crate::table::{CodeRule, FormatSpec};
+use crate::table::{CodeRule, FormatSpec, Isa};
 
 pub const TAIL: usize = 32;
 
@@ -219,6 +219,26 @@ pub fn padded_k(spec: &FormatSpec, k: usize) -> usize {
     g.pair_base() + g.pair_elems
 }
 
+/// Units whose activation tables a kernel of `isa` stores together in `PreparedActs::lut`:
+/// AVX-512 interleaves four units (`[lo(4g), lo(4g+2)]`, `[hi(4g), hi(4g+2)]`,
+/// `[lo(4g+1), lo(4g+3)]`, `[hi(4g+1), hi(4g+3)]`, 16 bytes each, so that one 32-byte broadcast
+/// feeds a zmm `vpshufb`); every other ISA stores unit `u` alone at `32 * u` (`lo[16]`,
+/// `hi[16]`). `lo`/`hi` are the low and high bytes of the 16 int16 sums of the unit.
+pub const fn table_group(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 4,
+        _ => 1,
+    }
+}
+
+/// Bytes of lookup tables per activation row prepared for a LUT kernel of `isa`: the triple
+/// tables (TL2) then the pair tables, each area rounded up to whole groups.
+pub fn prepared_row_bytes(spec: &FormatSpec, k: usize, isa: Isa) -> usize {
+    let g = LutGeometry::new(spec, 1, k);
+    let area = |units: usize| units.div_ceil(table_group(isa)) * table_group(isa) * 32;
+    area(g.t) + area(g.pair_elems / 2)
+}
+
 #[cfg(test)]
 mod tests {
     //! Every runnable LUT kernel against this reference over shapes that hit every padding
@@ -275,7 +295,10 @@ mod tests {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let ks: Vec<usize> = (1..=50).chain([191, 192, 193, 385, 1000, 1541]).collect();
         let mut checked = 0;
-        for e in KERNELS.iter().filter(|e| e.format.spec().is_lut() && e.runnable()) {
+        for e in KERNELS
+            .iter()
+            .filter(|e| e.format.spec().is_lut() && e.runnable())
+        {
             let f = e.format;
             for &n in &[1usize, 31, 32, 33, 70] {
                 for &k in &ks {
@@ -317,6 +340,48 @@ mod tests {
         }
         // scalar TL1 and TL2 rows always run: at least their 2 x 4 kernels were checked
         assert!(checked >= 8, "only {checked} LUT checks ran");
+    }
+
+    /// Activations prepared for one LUT kernel run on another only when the table layouts
+    /// agree; a layout of another size is rejected (never read out of bounds).
+    #[test]
+    fn prepared_tables_are_checked_across_kernels() {
+        let mut rng = Rng(7);
+        let (n, k, m) = (40usize, 20usize, 3usize);
+        let mm = |e: &&crate::KernelEntry| matches!(e.op, KernelOp::Matmul(_)) && e.runnable();
+        let mut pairs = 0;
+        for a in KERNELS
+            .iter()
+            .filter(|e| e.format.spec().is_lut())
+            .filter(mm)
+        {
+            for b in KERNELS.iter().filter(|e| e.format == a.format).filter(mm) {
+                let f = a.format;
+                let w = weights(&mut rng, n, k);
+                let packed = reference::quantize(f.spec(), &w, n, k);
+                let pw = PackedWeights::new(f, &packed, n, k).unwrap();
+                let x = acts(&mut rng, m, k);
+                let p = crate::prepare_for(a, &x).unwrap();
+                let mut o = vec![0f32; m * n];
+                let same = super::table_group(a.isa) == super::table_group(b.isa);
+                let res = crate::matmul_prepared(b, &pw, &p, &mut o);
+                if same {
+                    res.unwrap();
+                    assert_eq!(
+                        o,
+                        reference::matmul(f.spec(), &packed, n, k, &x),
+                        "{} -> {}",
+                        a.id,
+                        b.id
+                    );
+                } else {
+                    // K = 20: TL1 has 10 pairs, TL2 6 triples + 2 pairs: the grouped areas differ
+                    assert!(res.is_err(), "{} -> {}", a.id, b.id);
+                }
+                pairs += 1;
+            }
+        }
+        assert!(pairs >= 8, "only {pairs} kernel pairs");
     }
 
     #[test]
