@@ -208,14 +208,30 @@ fn unit_weights(triples: bool) -> TokenStream {
 }
 
 fn gen_prepare(triples: bool) -> TokenStream {
+    let tw = if triples {
+        quote! {
+            /// The triple weights as three columns (`TW[c][mag] = w_c`).
+            const TW: [[i16; 16]; 3] = {
+                let mut t = [[0i16; 16]; 3];
+                let mut i = 0;
+                while i < 16 {
+                    t[0][i] = W[i][0] as i16;
+                    t[1][i] = W[i][1] as i16;
+                    t[2][i] = W[i][2] as i16;
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! {}
+    };
     let tri = if triples {
         quote! {
             for t in 0..g.t {
-                let b = [qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16];
-                let mut e = [0i16; 16];
-                for (i, w) in W.iter().enumerate() {
-                    e[i] = w[0] as i16 * b[0] + w[1] as i16 * b[1] + w[2] as i16 * b[2];
-                }
+                let (b0, b1, b2) = (qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16);
+                let e: [i16; 16] =
+                    core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
                 put(dst, t, &e);
             }
         }
@@ -242,6 +258,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
     };
     quote! {
         #pair_w
+        #tw
 
         /// Store the 16 int16 entries of unit `u` as a low-byte and a high-byte table.
         /// `GROUP == 1`: unit `u` at `32 * u` (`lo[16]`, `hi[16]`). `GROUP == 4`: units
@@ -256,11 +273,23 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let base = 128 * g + 64 * (j % 2) + 16 * (j / 2);
                 (base, base + 32)
             };
-            for i in 0..16 {
-                dst[lo + i] = e[i] as u8 as i8;
-                dst[hi + i] = (e[i] >> 8) as i8;
-            }
+            let l: [i8; 16] = core::array::from_fn(|i| e[i] as u8 as i8);
+            let h: [i8; 16] = core::array::from_fn(|i| (e[i] >> 8) as i8);
+            dst[lo..lo + 16].copy_from_slice(&l);
+            dst[hi..hi + 16].copy_from_slice(&h);
         }
+
+        /// The pair weights as two columns (`PT[0][idx] = w0`), for vectorisable table builds.
+        const PT: [[i16; 16]; 2] = {
+            let mut t = [[0i16; 16]; 2];
+            let mut i = 0;
+            while i < 16 {
+                t[0][i] = PW[i][0] as i16;
+                t[1][i] = PW[i][1] as i16;
+                i += 1;
+            }
+            t
+        };
 
         /// LUT activation layout: the int8 row padded with zeros to
         /// `reference::lut::padded_k` and, per activation row, `area(T)` bytes of triple
@@ -283,11 +312,8 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let dst = &mut dst[tri_bytes..];
                 let pb = g.pair_base();
                 for p in 0..g.pair_elems / 2 {
-                    let b = [qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16];
-                    let mut e = [0i16; 16];
-                    for (i, w) in PW.iter().enumerate() {
-                        e[i] = w[0] as i16 * b[0] + w[1] as i16 * b[1];
-                    }
+                    let (b0, b1) = (qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16);
+                    let e: [i16; 16] = core::array::from_fn(|i| PT[0][i] * b0 + PT[1][i] * b1);
                     put(dst, p, &e);
                 }
             }
@@ -305,6 +331,24 @@ fn gen_prepare(triples: bool) -> TokenStream {
 }
 
 fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
+    let tw = if triples {
+        quote! {
+            /// The triple weights as three columns (`TW[c][mag] = w_c`).
+            const TW: [[i16; 16]; 3] = {
+                let mut t = [[0i16; 16]; 3];
+                let mut i = 0;
+                while i < 16 {
+                    t[0][i] = W[i][0] as i16;
+                    t[1][i] = W[i][1] as i16;
+                    t[2][i] = W[i][2] as i16;
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! {}
+    };
     let tri = if triples {
         quote! {
             for t in 0..g.t {
@@ -371,6 +415,24 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
 }
 
 fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
+    let tw = if triples {
+        quote! {
+            /// The triple weights as three columns (`TW[c][mag] = w_c`).
+            const TW: [[i16; 16]; 3] = {
+                let mut t = [[0i16; 16]; 3];
+                let mut i = 0;
+                while i < 16 {
+                    t[0][i] = W[i][0] as i16;
+                    t[1][i] = W[i][1] as i16;
+                    t[2][i] = W[i][2] as i16;
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! {}
+    };
     let tri = if triples {
         quote! {
             for t in 0..g.t {
