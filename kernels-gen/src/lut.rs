@@ -1083,27 +1083,35 @@ fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
                     *o.add(r) = acc[r] as f32 / s * ws;
                 }
             };
-            let mut row = r0;
-            while row < r1 {
-                let wt = w.add(row / BM * g.tile_bytes);
-                let rows = if r1 - row < BM { r1 - row } else { BM };
-                let mut col = 0;
-                while col + #cl <= m {
-                    let mut acc = [[0i32; BM]; #cl];
-                    let t: [*const i8; #cl] = core::array::from_fn(|j| lut.add((col + j) * row_bytes));
-                    #full(wt, &g, t, tri_bytes, &mut acc);
-                    for (j, a) in acc.iter().enumerate() {
-                        finish(a, col + j, row, rows);
+            // Column blocks whose tables stay in L2 (about 128 KiB) while every row tile of
+            // r0..r1 streams past them; inside a block, C columns share each index load.
+            let block = ((128 << 10) / row_bytes.max(1) / #cl).max(1) * #cl;
+            let mut c0 = 0;
+            while c0 < m {
+                let c1 = if m - c0 > block { c0 + block } else { m };
+                let mut row = r0;
+                while row < r1 {
+                    let wt = w.add(row / BM * g.tile_bytes);
+                    let rows = if r1 - row < BM { r1 - row } else { BM };
+                    let mut col = c0;
+                    while col + #cl <= c1 {
+                        let mut acc = [[0i32; BM]; #cl];
+                        let t: [*const i8; #cl] = core::array::from_fn(|j| lut.add((col + j) * row_bytes));
+                        #full(wt, &g, t, tri_bytes, &mut acc);
+                        for (j, a) in acc.iter().enumerate() {
+                            finish(a, col + j, row, rows);
+                        }
+                        col += #cl;
                     }
-                    col += #cl;
+                    while col < c1 {
+                        let mut acc = [[0i32; BM]; 1];
+                        tile_1(wt, &g, [lut.add(col * row_bytes)], tri_bytes, &mut acc);
+                        finish(&acc[0], col, row, rows);
+                        col += 1;
+                    }
+                    row += BM;
                 }
-                while col < m {
-                    let mut acc = [[0i32; BM]; 1];
-                    tile_1(wt, &g, [lut.add(col * row_bytes)], tri_bytes, &mut acc);
-                    finish(&acc[0], col, row, rows);
-                    col += 1;
-                }
-                row += BM;
+                c0 = c1;
             }
         }
     }
