@@ -331,24 +331,6 @@ fn gen_prepare(triples: bool) -> TokenStream {
 }
 
 fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
-    let tw = if triples {
-        quote! {
-            /// The triple weights as three columns (`TW[c][mag] = w_c`).
-            const TW: [[i16; 16]; 3] = {
-                let mut t = [[0i16; 16]; 3];
-                let mut i = 0;
-                while i < 16 {
-                    t[0][i] = W[i][0] as i16;
-                    t[1][i] = W[i][1] as i16;
-                    t[2][i] = W[i][2] as i16;
-                    i += 1;
-                }
-                t
-            };
-        }
-    } else {
-        quote! {}
-    };
     let tri = if triples {
         quote! {
             for t in 0..g.t {
@@ -415,24 +397,6 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
 }
 
 fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
-    let tw = if triples {
-        quote! {
-            /// The triple weights as three columns (`TW[c][mag] = w_c`).
-            const TW: [[i16; 16]; 3] = {
-                let mut t = [[0i16; 16]; 3];
-                let mut i = 0;
-                while i < 16 {
-                    t[0][i] = W[i][0] as i16;
-                    t[1][i] = W[i][1] as i16;
-                    t[2][i] = W[i][2] as i16;
-                    i += 1;
-                }
-                t
-            };
-        }
-    } else {
-        quote! {}
-    };
     let tri = if triples {
         quote! {
             for t in 0..g.t {
