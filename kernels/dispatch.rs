@@ -319,7 +319,10 @@ pub fn matmul_prepared(
     } else {
         acts.bsum.len()
     };
+    let lut_ok = !spec.is_lut()
+        || acts.lut.len() == m * crate::reference::lut::prepared_row_bytes(spec, acts.k, entry.isa);
     if m == 0
+        || !lut_ok
         || acts.q.len() != m * acts.stride
         || acts.scale.len() != m
         || acts.sum.len() != m

@@ -332,7 +332,6 @@ pub const TABLE: &[Row] = &[
     Row { format: &TQ1_0, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
     // TL1
-    /*LUT-ROWS
     Row { format: &TL1, isa: Isa::Scalar, tiles: &[LUT1, LUT4] },
     Row { format: &TL1, isa: Isa::Avx2, tiles: &[LUT1, LUT4] },
     Row { format: &TL1, isa: Isa::Avx512, tiles: &[LUT1, LUT4] },
@@ -342,7 +341,6 @@ pub const TABLE: &[Row] = &[
     Row { format: &TL2, isa: Isa::Avx2, tiles: &[LUT1, LUT4] },
     Row { format: &TL2, isa: Isa::Avx512, tiles: &[LUT1, LUT4] },
     Row { format: &TL2, isa: Isa::Neon, tiles: &[LUT1, LUT4] },
-    LUT-ROWS*/
     // I2S64: added as rows only (see its FormatSpec)
     Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },

@@ -1,11 +1,1087 @@
-//! Templates of the LUT formats (TL1, TL2).
+//! Templates of the LUT formats (TL1, TL2): quantize, dequantize, prepare (the lookup tables)
+//! and the matmul tiles, for the scalar, AVX2, AVX-512 BW and NEON backends.
+//!
+//! The weight layout is the one of `kernels/reference/lut.rs` (32-row tiles; a chunk is 32
+//! index bytes, byte `r` = row `r`, low nibble = unit `2c`, high nibble = unit `2c + 1`, where
+//! a unit is a TL1 pair or a TL2 triple). The technique is the table lookup one:
+//!
+//! * `prepare` builds, per activation row and per unit, the table of every sum the unit's
+//!   weights can produce (TL1: 9 sums `b0*w0 + b1*w1` at `3*w0 + w1 + 4`; TL2: the 14 triple
+//!   magnitudes), padded to 16 entries, as int16 split into a low-byte and a high-byte
+//!   16-entry table (exact).
+//! * a kernel loads the index bytes of 32 rows (AVX2: one chunk per ymm; AVX-512: two chunks
+//!   per zmm; NEON: half a chunk per q register), looks the low and high bytes up with
+//!   `vpshufb` / `tbl`, interleaves them back into int16, applies the TL2 sign (xor of both
+//!   bytes with the row's sign mask gives `!e = -e - 1`; the `+1` per negative triple is
+//!   counted in a byte vector and added at the flush), accumulates in int16 for at most 64
+//!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`).
+//! * a batch tile (`cols > 1`) reuses every loaded index vector and sign mask for `cols`
+//!   activation rows.
 
-use crate::table::Row;
-use proc_macro2::TokenStream;
+use crate::backend::target_feature;
+use crate::table::{CodeRule, Isa, Row, Tile};
+use proc_macro2::{Ident, Literal, TokenStream};
+use quote::{format_ident, quote};
+
+/// Rows per layout tile the templates are written for (one AVX2 vector of index bytes).
+const BM: usize = 32;
+
+/// Units summed per int16 lane before widening. TL1 entries lie in `[-256, 256]`; TL2 entries
+/// in `[-384, 384]`, and a negative triple adds `!e` in `[-385, 383]` plus a correction of 1
+/// at the flush; so a lane holds at most `64 * 385 + 64 = 24704 <= 32767` (TL1: `64 * 256`).
+const FLUSH_UNITS: usize = 64;
+
+fn lit(v: usize) -> Literal {
+    Literal::usize_unsuffixed(v)
+}
+
+/// A signed integer literal (a leading `-` token for negative values).
+fn ilit(v: i32) -> TokenStream {
+    let a = Literal::i32_unsuffixed(v.abs());
+    if v < 0 {
+        quote! { -#a }
+    } else {
+        quote! { #a }
+    }
+}
+
+/// Which table layout a backend reads (see `gen_prepare`; checked at compile time against
+/// `reference::lut::table_group`).
+fn group_units(isa: Isa) -> usize {
+    if isa == Isa::Avx512 {
+        4
+    } else {
+        1
+    }
+}
 
 pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
-    Err(format!(
-        "LUT template for {} not written yet",
-        row.format.ident
-    ))
+    let spec = row.format;
+    let (triples, bm) = match spec.codes {
+        CodeRule::PairLut { tile_rows } => (false, tile_rows),
+        CodeRule::TripleLut { tile_rows } => (true, tile_rows),
+        _ => return Err(format!("{} is not a LUT format", spec.ident)),
+    };
+    if bm != BM {
+        return Err(format!(
+            "table row {} on {}: the LUT templates are written for {BM}-row tiles, got {bm}",
+            spec.ident,
+            row.isa.name()
+        ));
+    }
+    if !matches!(row.isa, Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Neon) {
+        return Err(format!(
+            "table row {} on {}: no LUT template for this ISA (scalar, avx2, avx512, neon)",
+            spec.ident,
+            row.isa.name()
+        ));
+    }
+    for t in row.tiles {
+        if t.rows != BM {
+            return Err(format!(
+                "table row {}: LUT tile {}x{} must have {BM} rows",
+                spec.ident, t.rows, t.cols
+            ));
+        }
+    }
+    let tf = target_feature(row.isa);
+    let layout = crate::module_name(row);
+    let ident = format_ident!("{}", spec.ident);
+    let group = lit(group_units(row.isa));
+    let isa_ident = format_ident!("{}", format!("{:?}", row.isa));
+    let prelude = match row.isa {
+        Isa::Avx2 | Isa::Avx512 => quote! { use core::arch::x86_64::*; },
+        Isa::Neon => quote! { use core::arch::aarch64::*; },
+        _ => quote! {},
+    };
+    let weights = unit_weights(triples);
+    let prepare = gen_prepare(triples);
+    let quantize = gen_quantize(triples, &tf);
+    let dequantize = gen_dequantize(triples, &tf);
+    let flush = gen_flush(row.isa, &tf);
+
+    let mut cols: Vec<usize> = row.tiles.iter().map(|t| t.cols).collect();
+    if !cols.contains(&1) {
+        cols.push(1);
+    }
+    let mut tiles = TokenStream::new();
+    for &c in &cols {
+        tiles.extend(gen_tile(row.isa, triples, c, &tf));
+    }
+    for t in row.tiles {
+        tiles.extend(gen_matmul(*t, &tf));
+    }
+    let flush_steps = lit(FLUSH_UNITS / 2);
+    let flush_const = if row.isa == Isa::Scalar {
+        // the scalar tiles accumulate in i32 directly
+        quote! {}
+    } else {
+        quote! {
+            /// Chunk steps (two units per int16 lane each) between two widenings: see
+            /// `FLUSH_UNITS` in the generator. TL1: `|sum| <= 64 * 256`; TL2:
+            /// `|sum| <= 64 * 385 + 64 = 24704`; both below `i16::MAX`.
+            const FLUSH_STEPS: usize = #flush_steps;
+        }
+    };
+    let doc = format!(
+        " {} on {}: LUT kernels over {BM}-row tiles ({}).",
+        spec.ident,
+        row.isa.name(),
+        if triples {
+            "triple magnitudes + sign bits, pair remainder"
+        } else {
+            "pair indices"
+        }
+    );
+    Ok(quote! {
+        #![doc = #doc]
+        #![allow(unused_unsafe, unused_mut, unused_variables, unused_parens, unused_braces, clippy::all)]
+        #prelude
+        use crate::reference::lut::LutGeometry;
+        use crate::table::FormatSpec;
+        use crate::{PreparedActs, QuantizedActs};
+
+        // the table layout `prepare` writes is the one the runtime checks
+        const _: () = assert!(GROUP == crate::reference::lut::table_group(crate::table::Isa::#isa_ident));
+
+        /// The format of this module.
+        const SPEC: &FormatSpec = &crate::table::#ident;
+        /// Rows per layout tile.
+        pub const BM: usize = #BM;
+        /// Activation layout id (checked by the safe API).
+        pub const LAYOUT: &str = #layout;
+        /// Units whose tables are stored together (AVX-512 interleaves four units so that one
+        /// 32-byte broadcast feeds a zmm lookup; 1 = every unit's table on its own).
+        pub const GROUP: usize = #group;
+        #flush_const
+
+        #weights
+
+        /// Bytes of the table area of `units` units in one activation row.
+        #[inline]
+        pub fn area(units: usize) -> usize {
+            units.div_ceil(GROUP) * GROUP * 32
+        }
+
+        #prepare
+        #quantize
+        #dequantize
+        #flush
+        #tiles
+    })
+}
+
+/// `W[idx]`: the weights of every index (TL1 pair index 0..8, TL2 magnitude 0..13, positive
+/// sign); indices never written decode as zero weights.
+fn unit_weights(triples: bool) -> TokenStream {
+    if triples {
+        let rows = (0..16).map(|mag: i32| {
+            let w = if mag > 13 {
+                [0, 0, 0]
+            } else {
+                let w2 = (mag + 13).rem_euclid(3) - 1;
+                let r = (mag - w2) / 3;
+                let w1 = (r + 13).rem_euclid(3) - 1;
+                [(r - w1) / 3, w1, w2]
+            };
+            let [a, b, c] = w.map(ilit);
+            quote! { [#a, #b, #c] }
+        });
+        quote! {
+            /// Weights `(w0, w1, w2)` of a TL2 magnitude (`9*w0 + 3*w1 + w2`, positive sign).
+            pub const W: [[i8; 3]; 16] = [#(#rows),*];
+        }
+    } else {
+        let rows = (0..16).map(|idx: i32| {
+            let w = if idx > 8 {
+                [0, 0]
+            } else {
+                let v = idx - 4;
+                let w1 = (v + 4).rem_euclid(3) - 1;
+                [(v - w1) / 3, w1]
+            };
+            let [a, b] = w.map(ilit);
+            quote! { [#a, #b] }
+        });
+        quote! {
+            /// Weights `(w0, w1)` of a TL1 pair index (`3*w0 + w1 + 4`).
+            pub const W: [[i8; 2]; 16] = [#(#rows),*];
+        }
+    }
+}
+
+fn gen_prepare(triples: bool) -> TokenStream {
+    let tw = if triples {
+        quote! {
+            /// The triple weights as three columns (`TW[c][mag] = w_c`).
+            const TW: [[i16; 16]; 3] = {
+                let mut t = [[0i16; 16]; 3];
+                let mut i = 0;
+                while i < 16 {
+                    t[0][i] = W[i][0] as i16;
+                    t[1][i] = W[i][1] as i16;
+                    t[2][i] = W[i][2] as i16;
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! {}
+    };
+    let tri = if triples {
+        quote! {
+            for t in 0..g.t {
+                let (b0, b1, b2) = (qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16);
+                let e: [i16; 16] =
+                    core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
+                put(dst, t, &e);
+            }
+        }
+    } else {
+        quote! {}
+    };
+    let pair_w = if triples {
+        quote! {
+            /// TL1 pair weights (the TL2 remainder uses the pair encoding).
+            const PW: [[i8; 2]; 16] = {
+                let mut t = [[0i8; 2]; 16];
+                let mut i = 0;
+                while i < 9 {
+                    let v = i as i8 - 4;
+                    let w1 = (v + 4).rem_euclid(3) - 1;
+                    t[i] = [(v - w1) / 3, w1];
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! { const PW: [[i8; 2]; 16] = W; }
+    };
+    quote! {
+        #pair_w
+        #tw
+
+        /// Store the 16 int16 entries of unit `u` as a low-byte and a high-byte table.
+        /// `GROUP == 1`: unit `u` at `32 * u` (`lo[16]`, `hi[16]`). `GROUP == 4`: units
+        /// `4g..4g+4` in 128 bytes: `[lo(4g), lo(4g+2)]`, `[hi(4g), hi(4g+2)]`,
+        /// `[lo(4g+1), lo(4g+3)]`, `[hi(4g+1), hi(4g+3)]` (16 bytes each).
+        #[inline]
+        fn put(dst: &mut [i8], u: usize, e: &[i16; 16]) {
+            let (lo, hi) = if GROUP == 1 {
+                (32 * u, 32 * u + 16)
+            } else {
+                let (g, j) = (u / 4, u % 4);
+                let base = 128 * g + 64 * (j % 2) + 16 * (j / 2);
+                (base, base + 32)
+            };
+            let l: [i8; 16] = core::array::from_fn(|i| e[i] as u8 as i8);
+            let h: [i8; 16] = core::array::from_fn(|i| (e[i] >> 8) as i8);
+            dst[lo..lo + 16].copy_from_slice(&l);
+            dst[hi..hi + 16].copy_from_slice(&h);
+        }
+
+        /// The pair weights as two columns (`PT[0][idx] = w0`), for vectorisable table builds.
+        const PT: [[i16; 16]; 2] = {
+            let mut t = [[0i16; 16]; 2];
+            let mut i = 0;
+            while i < 16 {
+                t[0][i] = PW[i][0] as i16;
+                t[1][i] = PW[i][1] as i16;
+                i += 1;
+            }
+            t
+        };
+
+        /// LUT activation layout: the int8 row padded with zeros to
+        /// `reference::lut::padded_k` and, per activation row, `area(T)` bytes of triple
+        /// tables (TL2) then `area(pair_elems / 2)` bytes of pair tables (see `put`).
+        pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
+            let (m, k) = (acts.m, acts.k);
+            let g = LutGeometry::new(SPEC, 1, k);
+            let kp = g.pair_base() + g.pair_elems;
+            let mut q = vec![0i8; m * kp];
+            for row in 0..m {
+                q[row * kp..row * kp + k].copy_from_slice(acts.row(row));
+            }
+            let tri_bytes = area(g.t);
+            let row_bytes = tri_bytes + area(g.pair_elems / 2);
+            let mut lut = vec![0i8; m * row_bytes];
+            for row in 0..m {
+                let qr = &q[row * kp..(row + 1) * kp];
+                let dst = &mut lut[row * row_bytes..(row + 1) * row_bytes];
+                #tri
+                let dst = &mut dst[tri_bytes..];
+                let pb = g.pair_base();
+                for p in 0..g.pair_elems / 2 {
+                    let (b0, b1) = (qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16);
+                    let e: [i16; 16] = core::array::from_fn(|i| PT[0][i] * b0 + PT[1][i] * b1);
+                    put(dst, p, &e);
+                }
+            }
+            PreparedActs {
+                m,
+                k,
+                stride: kp,
+                layout: LAYOUT,
+                q,
+                scale: acts.scale.clone(),
+                sum: acts.sum.clone(),
+                bsum: Vec::new(),
+                lut,
+            }
+        }
+    }
+}
+
+fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
+    let tri = if triples {
+        quote! {
+            for t in 0..g.t {
+                let v = 9 * code(x[3 * t]) + 3 * code(x[3 * t + 1]) + code(x[3 * t + 2]);
+                o[base + (t / 2) * BM + r] |= (v.unsigned_abs()) << (4 * (t % 2));
+                if v < 0 {
+                    o[base + g.sign_offset() + (t / 8) * BM + r] |= 1 << (t % 8);
+                }
+            }
+        }
+    } else {
+        quote! {}
+    };
+    quote! {
+        /// Quantize `n x k` f32 weights (bitnet.cpp sign/absmax rule, tensor scale in f64),
+        /// byte-exact with `reference::lut::encode`.
+        ///
+        /// # Safety
+        /// `src` holds `n * k` values and `out` has room for the format's tensor size.
+        #tf
+        pub unsafe fn quantize(src: *const f32, n: usize, k: usize, out: *mut u8) {
+            let g = LutGeometry::new(SPEC, n, k);
+            let total = g.codes_bytes() + crate::reference::lut::TAIL;
+            let all = core::slice::from_raw_parts(src, n * k);
+            let o = core::slice::from_raw_parts_mut(out, total);
+            o.fill(0);
+            let mut tmax = 0f64;
+            for &v in all {
+                tmax = tmax.max((v as f64).abs());
+            }
+            let code = |v: f32| -> i8 {
+                if (v as f64).abs() < 1e-6 {
+                    0
+                } else if v as f64 * tmax > 0.0 {
+                    1
+                } else {
+                    -1
+                }
+            };
+            // the padded row: K elements then zeros up to the padded pair section
+            let kp = g.pair_base() + g.pair_elems;
+            let mut x = vec![0f32; kp];
+            // every row of every tile: the rows padding the last tile hold zero weights too
+            // (TL1 pair index 4)
+            for row in 0..g.tiles * BM {
+                if row < n {
+                    x[..k].copy_from_slice(&all[row * k..(row + 1) * k]);
+                } else {
+                    x.fill(0.0);
+                }
+                let base = (row / BM) * g.tile_bytes;
+                let r = row % BM;
+                #tri
+                let pb = g.pair_base();
+                for p in 0..g.pair_elems / 2 {
+                    let idx = (3 * code(x[pb + 2 * p]) + code(x[pb + 2 * p + 1]) + 4) as u8;
+                    o[base + g.pair_offset() + (p / 2) * BM + r] |= idx << (4 * (p % 2));
+                }
+            }
+            let s = (tmax as f32).to_le_bytes();
+            o[g.codes_bytes()..g.codes_bytes() + 4].copy_from_slice(&s);
+        }
+    }
+}
+
+fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
+    let tri = if triples {
+        quote! {
+            for t in 0..g.t {
+                let b = d[base + (t / 2) * BM + r];
+                let mag = ((b >> (4 * (t % 2))) & 15) as usize;
+                let neg = (d[base + g.sign_offset() + (t / 8) * BM + r] >> (t % 8)) & 1 == 1;
+                for i in 0..3 {
+                    let w = if neg { -W[mag][i] } else { W[mag][i] };
+                    o[3 * t + i] = w as f32 * scale;
+                }
+            }
+        }
+    } else {
+        quote! {}
+    };
+    quote! {
+        /// Dequantize `n x k` weights to f32 (`w * scale`).
+        ///
+        /// # Safety
+        /// `data` holds a valid tensor of this format and shape, `out` has room for `n * k`
+        /// values.
+        #tf
+        pub unsafe fn dequantize(data: *const u8, n: usize, k: usize, out: *mut f32) {
+            let g = LutGeometry::new(SPEC, n, k);
+            let d = core::slice::from_raw_parts(data, g.codes_bytes() + 4);
+            let c = g.codes_bytes();
+            let scale = f32::from_le_bytes([d[c], d[c + 1], d[c + 2], d[c + 3]]);
+            let kp = g.pair_base() + g.pair_elems;
+            let mut o = vec![0f32; kp];
+            let dst = core::slice::from_raw_parts_mut(out, n * k);
+            for row in 0..n {
+                let base = (row / BM) * g.tile_bytes;
+                let r = row % BM;
+                #tri
+                let pb = g.pair_base();
+                for p in 0..g.pair_elems / 2 {
+                    let b = d[base + g.pair_offset() + (p / 2) * BM + r];
+                    let idx = ((b >> (4 * (p % 2))) & 15) as usize;
+                    o[pb + 2 * p] = PW[idx][0] as f32 * scale;
+                    o[pb + 2 * p + 1] = PW[idx][1] as f32 * scale;
+                }
+                dst[row * k..(row + 1) * k].copy_from_slice(&o[..k]);
+            }
+        }
+    }
+}
+
+/// `flush(acc, a, b, neg)`: add two int16 accumulators (plus the TL2 negative-triple counts
+/// `neg`, u8 lanes in the accumulators' byte order) into the int32 row accumulators.
+fn gen_flush(isa: Isa, tf: &TokenStream) -> TokenStream {
+    match isa {
+        Isa::Scalar => quote! {},
+        Isa::Avx2 => quote! {
+            /// `a` holds rows 0-7 | 16-23, `b` rows 8-15 | 24-31 (vpunpck{l,h}bw order).
+            #[inline]
+            #tf
+            unsafe fn flush(acc: &mut [i32; BM], a: __m256i, b: __m256i, neg: __m256i) {
+                let z = _mm256_setzero_si256();
+                let a = _mm256_add_epi16(a, _mm256_unpacklo_epi8(neg, z));
+                let b = _mm256_add_epi16(b, _mm256_unpackhi_epi8(neg, z));
+                let parts = [
+                    _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)),
+                    _mm256_cvtepi16_epi32(_mm256_castsi256_si128(b)),
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(a)),
+                    _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(b)),
+                ];
+                let p = acc.as_mut_ptr() as *mut __m256i;
+                for (i, v) in parts.into_iter().enumerate() {
+                    _mm256_storeu_si256(p.add(i), _mm256_add_epi32(_mm256_loadu_si256(p.add(i)), v));
+                }
+            }
+        },
+        Isa::Avx512 => quote! {
+            /// 128-bit lanes of `a`: rows 0-7 of chunk A | rows 0-7 of chunk B | rows 16-23 A |
+            /// rows 16-23 B; `b` the same for rows 8-15 and 24-31.
+            #[inline]
+            #tf
+            unsafe fn flush(acc: &mut [i32; BM], a: __m512i, b: __m512i, neg: __m512i) {
+                let z = _mm512_setzero_si512();
+                let a = _mm512_add_epi16(a, _mm512_unpacklo_epi8(neg, z));
+                let b = _mm512_add_epi16(b, _mm512_unpackhi_epi8(neg, z));
+                let fold = |v: __m512i| {
+                    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+                };
+                let parts = [
+                    fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))),
+                    fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(b))),
+                    fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(a))),
+                    fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(b))),
+                ];
+                let p = acc.as_mut_ptr() as *mut __m256i;
+                for (i, v) in parts.into_iter().enumerate() {
+                    _mm256_storeu_si256(p.add(i), _mm256_add_epi32(_mm256_loadu_si256(p.add(i)), v));
+                }
+            }
+        },
+        Isa::Neon => quote! {
+            /// `a[i]` holds rows `8i..8i+8`; `neg[h]` the counts of rows `16h..16h+16`.
+            #[inline]
+            #tf
+            unsafe fn flush(acc: &mut [i32; BM], a: [int16x8_t; 4], neg: [uint8x16_t; 2]) {
+                let z = vdupq_n_u8(0);
+                let p = acc.as_mut_ptr();
+                for i in 0..4 {
+                    let n = if i % 2 == 0 {
+                        vzip1q_u8(neg[i / 2], z)
+                    } else {
+                        vzip2q_u8(neg[i / 2], z)
+                    };
+                    let v = vaddq_s16(a[i], vreinterpretq_s16_u8(n));
+                    let lo = vmovl_s16(vget_low_s16(v));
+                    let hi = vmovl_high_s16(v);
+                    vst1q_s32(p.add(8 * i), vaddq_s32(vld1q_s32(p.add(8 * i)), lo));
+                    vst1q_s32(p.add(8 * i + 4), vaddq_s32(vld1q_s32(p.add(8 * i + 4)), hi));
+                }
+            }
+        },
+        _ => unreachable!(),
+    }
+}
+
+fn idents(p: &str, c: usize) -> Vec<Ident> {
+    (0..c).map(|j| format_ident!("{}{}", p, j)).collect()
+}
+
+/// One tile: `acc[j][r] += sum_k w[row0 + r, k] * q[col + j, k]` for the 32 rows of a layout
+/// tile `wt` and `c` activation rows whose table areas start at `t[j]`.
+fn gen_tile(isa: Isa, triples: bool, c: usize, tf: &TokenStream) -> TokenStream {
+    let name = format_ident!("tile_{}", c);
+    let cl = lit(c);
+    let (tri, pairs) = match isa {
+        Isa::Scalar => (scalar_triples(c), scalar_pairs(c)),
+        Isa::Avx2 => (avx2_triples(c), avx2_pairs(c)),
+        Isa::Avx512 => (avx512_triples(c), avx512_pairs(c)),
+        Isa::Neon => (neon_triples(c), neon_pairs(c)),
+        _ => unreachable!(),
+    };
+    let tri = if triples {
+        quote! {{
+            let nmag = g.t / 2;
+            let w = wt;
+            let sg = wt.add(g.sign_offset());
+            #tri
+        }}
+    } else {
+        quote! {}
+    };
+    quote! {
+        /// Integer accumulators of one layout tile times `C` activation rows.
+        #[inline]
+        #tf
+        unsafe fn #name(
+            wt: *const u8, g: &LutGeometry, t: [*const i8; #cl], tri_bytes: usize,
+            acc: &mut [[i32; BM]; #cl],
+        ) {
+            #tri
+            {
+                let nch = g.pair_elems / 4;
+                let w = wt.add(g.pair_offset());
+                let t: [*const i8; #cl] = core::array::from_fn(|j| t[j].add(tri_bytes));
+                #pairs
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar: the same table lookups, one row at a time.
+// ---------------------------------------------------------------------------------------------
+
+fn scalar_entry() -> TokenStream {
+    quote! {
+        #[inline(always)]
+        unsafe fn entry(p: *const i8, i: u8) -> i32 {
+            ((*p.add(16 + i as usize) as i32) << 8) | (*p.add(i as usize) as u8 as i32)
+        }
+    }
+}
+
+fn scalar_pairs(c: usize) -> TokenStream {
+    let cl = lit(c);
+    let entry = scalar_entry();
+    quote! {
+        #entry
+        for ch in 0..nch {
+            for r in 0..BM {
+                let b = *w.add(ch * BM + r);
+                for j in 0..#cl {
+                    let p = t[j].add(ch * 64);
+                    acc[j][r] += entry(p, b & 15) + entry(p.add(32), b >> 4);
+                }
+            }
+        }
+    }
+}
+
+fn scalar_triples(c: usize) -> TokenStream {
+    let cl = lit(c);
+    let entry = scalar_entry();
+    quote! {
+        #entry
+        for ch in 0..nmag {
+            for r in 0..BM {
+                let b = *w.add(ch * BM + r);
+                let s = *sg.add((ch / 4) * BM + r) as u32;
+                // sign masks: 0 or -1
+                let m0 = -(((s >> ((2 * ch) % 8)) & 1) as i32);
+                let m1 = -(((s >> ((2 * ch + 1) % 8)) & 1) as i32);
+                for j in 0..#cl {
+                    let p = t[j].add(ch * 64);
+                    acc[j][r] += ((entry(p, b & 15) ^ m0) - m0) + ((entry(p.add(32), b >> 4) ^ m1) - m1);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2: one chunk (32 rows) per ymm; tables broadcast to both 128-bit lanes.
+// ---------------------------------------------------------------------------------------------
+
+/// Per-column lookups of one AVX2 chunk step; `signed` xors with the masks `ml`, `mh`.
+fn avx2_step(c: usize, signed: bool) -> TokenStream {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let b = idents("b", c);
+    let (xl, xh) = if signed {
+        (quote! { ml }, quote! { mh })
+    } else {
+        (quote! { z }, quote! { z })
+    };
+    quote! {
+        let v = _mm256_loadu_si256(w.add(ch * BM) as *const __m256i);
+        let il = _mm256_and_si256(v, nib);
+        let ih = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
+        #(
+            let p = #t.add(ch * 64) as *const __m128i;
+            let l0 = _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(p)), il), #xl);
+            let h0 = _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(1))), il), #xl);
+            let l1 = _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(2))), ih), #xh);
+            let h1 = _mm256_xor_si256(_mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(3))), ih), #xh);
+            #a = _mm256_add_epi16(#a, _mm256_add_epi16(_mm256_unpacklo_epi8(l0, h0), _mm256_unpacklo_epi8(l1, h1)));
+            #b = _mm256_add_epi16(#b, _mm256_add_epi16(_mm256_unpackhi_epi8(l0, h0), _mm256_unpackhi_epi8(l1, h1)));
+        )*
+    }
+}
+
+fn avx2_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let b = idents("b", c);
+    let js = (0..c).map(lit);
+    let setup = quote! {
+        let nib = _mm256_set1_epi8(0x0f);
+        let z = _mm256_setzero_si256();
+        #(let #t = t[#js];)*
+    };
+    let zero = quote! { #(let mut #a = z; let mut #b = z;)* let mut neg = z; };
+    let js = (0..c).map(lit);
+    let fl = quote! { #(flush(&mut acc[#js], #a, #b, neg);)* };
+    (setup, zero, fl)
+}
+
+fn avx2_pairs(c: usize) -> TokenStream {
+    let (setup, zero, fl) = avx2_common(c);
+    let step = avx2_step(c, false);
+    quote! {
+        #setup
+        let mut ch = 0usize;
+        while ch < nch {
+            let end = if nch - ch > FLUSH_STEPS { ch + FLUSH_STEPS } else { nch };
+            #zero
+            while ch < end {
+                #step
+                ch += 1;
+            }
+            #fl
+        }
+    }
+}
+
+fn avx2_triples(c: usize) -> TokenStream {
+    let (setup, zero, fl) = avx2_common(c);
+    let step = avx2_step(c, true);
+    let unrolled = (0..4).map(|cc| {
+        let (bl, bh) = (
+            Literal::u8_unsuffixed(1u8 << (2 * cc)),
+            Literal::u8_unsuffixed(1u8 << (2 * cc + 1)),
+        );
+        let ccl = lit(cc);
+        quote! {{
+            let ch = grp * 4 + #ccl;
+            let bl = _mm256_set1_epi8(#bl as u8 as i8);
+            let bh = _mm256_set1_epi8(#bh as u8 as i8);
+            let ml = _mm256_cmpeq_epi8(_mm256_and_si256(s, bl), bl);
+            let mh = _mm256_cmpeq_epi8(_mm256_and_si256(s, bh), bh);
+            neg = _mm256_sub_epi8(neg, _mm256_add_epi8(ml, mh));
+            #step
+        }}
+    });
+    quote! {
+        #setup
+        // a sign chunk covers 8 triples = 4 magnitude chunks
+        let groups = nmag / 4;
+        let flush_groups = FLUSH_STEPS / 4;
+        let mut grp = 0usize;
+        while grp < groups {
+            let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
+            #zero
+            while grp < end {
+                let s = _mm256_loadu_si256(sg.add(grp * BM) as *const __m256i);
+                #(#unrolled)*
+                grp += 1;
+            }
+            #fl
+        }
+        let rem = nmag - groups * 4;
+        if rem > 0 {
+            #zero
+            let s = _mm256_loadu_si256(sg.add(groups * BM) as *const __m256i);
+            for cc in 0..rem {
+                let ch = groups * 4 + cc;
+                let bl = _mm256_set1_epi8((1u8 << (2 * cc)) as i8);
+                let bh = _mm256_set1_epi8((1u8 << (2 * cc + 1)) as i8);
+                let ml = _mm256_cmpeq_epi8(_mm256_and_si256(s, bl), bl);
+                let mh = _mm256_cmpeq_epi8(_mm256_and_si256(s, bh), bh);
+                neg = _mm256_sub_epi8(neg, _mm256_add_epi8(ml, mh));
+                #step
+            }
+            #fl
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 BW: two chunks (chunk A = 2d, chunk B = 2d + 1) per zmm. The index vector's 128-bit
+// lanes are reordered to [A rows 0-15 | B rows 0-15 | A rows 16-31 | B rows 16-31] (one
+// vshufi64x2 shared by all columns) so that a 32-byte table pair [unit of A | unit of B]
+// broadcast with vbroadcasti64x4 (a plain load) serves every lane.
+// ---------------------------------------------------------------------------------------------
+
+/// `v` (already loaded) -> lookups for dchunk `dc`; `signed` xors with `ml`, `mh`.
+fn avx512_step(c: usize, signed: bool) -> TokenStream {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let b = idents("b", c);
+    let (xl, xh) = if signed {
+        (quote! { ml }, quote! { mh })
+    } else {
+        (quote! { z }, quote! { z })
+    };
+    quote! {
+        let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
+        let il = _mm512_and_si512(v, nib);
+        let ih = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+        #(
+            let p = #t.add(dc * 128) as *const __m256i;
+            let l0 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p)), il), #xl);
+            let h0 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(1))), il), #xl);
+            let l1 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(2))), ih), #xh);
+            let h1 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(3))), ih), #xh);
+            #a = _mm512_add_epi16(#a, _mm512_add_epi16(_mm512_unpacklo_epi8(l0, h0), _mm512_unpacklo_epi8(l1, h1)));
+            #b = _mm512_add_epi16(#b, _mm512_add_epi16(_mm512_unpackhi_epi8(l0, h0), _mm512_unpackhi_epi8(l1, h1)));
+        )*
+    }
+}
+
+fn avx512_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let b = idents("b", c);
+    let js = (0..c).map(lit);
+    let setup = quote! {
+        let nib = _mm512_set1_epi8(0x0f);
+        let z = _mm512_setzero_si512();
+        #(let #t = t[#js];)*
+    };
+    let zero = quote! { #(let mut #a = z; let mut #b = z;)* let mut neg = z; };
+    let js = (0..c).map(lit);
+    let fl = quote! { #(flush(&mut acc[#js], #a, #b, neg);)* };
+    (setup, zero, fl)
+}
+
+/// Load dchunk `dc` (two chunks, or one zero-extended when `full` is false: the missing
+/// units' tables are zero, so their lanes add nothing).
+fn avx512_load(full: TokenStream) -> TokenStream {
+    quote! {
+        let v = if #full {
+            _mm512_loadu_si512(w.add(dc * 2 * BM) as *const _)
+        } else {
+            _mm512_zextsi256_si512(_mm256_loadu_si256(w.add(dc * 2 * BM) as *const __m256i))
+        };
+    }
+}
+
+fn avx512_pairs(c: usize) -> TokenStream {
+    let (setup, zero, fl) = avx512_common(c);
+    let step = avx512_step(c, false);
+    let load_full = avx512_load(quote! { true });
+    let load_any = avx512_load(quote! { 2 * dc + 1 < nch });
+    quote! {
+        #setup
+        let nd = nch / 2;
+        let mut dc = 0usize;
+        while dc < nd {
+            let end = if nd - dc > FLUSH_STEPS { dc + FLUSH_STEPS } else { nd };
+            #zero
+            while dc < end {
+                #load_full
+                #step
+                dc += 1;
+            }
+            #fl
+        }
+        if nch % 2 == 1 {
+            let dc = nd;
+            #zero
+            #load_any
+            #step
+            #fl
+        }
+    }
+}
+
+fn avx512_triples(c: usize) -> TokenStream {
+    let (setup, zero, fl) = avx512_common(c);
+    let step = avx512_step(c, true);
+    let load_full = avx512_load(quote! { true });
+    let load_any = avx512_load(quote! { 2 * dc + 1 < nmag });
+    // bits of dchunk `dd` (0, 1) inside a sign group: low-nibble units are triples 4dd (chunk
+    // A lanes 0, 2) and 4dd + 2 (chunk B lanes 1, 3); high-nibble units 4dd + 1 and 4dd + 3.
+    let bits = |dd: TokenStream| {
+        quote! {
+            let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
+            let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
+            let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
+            let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
+            let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
+            let ml = _mm512_movm_epi8(_mm512_test_epi8_mask(s, bl));
+            let mh = _mm512_movm_epi8(_mm512_test_epi8_mask(s, bh));
+            neg = _mm512_sub_epi8(neg, _mm512_add_epi8(ml, mh));
+        }
+    };
+    let unrolled = (0..2).map(|dd| {
+        let ddl = lit(dd);
+        let bits = bits(quote! { #ddl });
+        quote! {{
+            let dc = grp * 2 + #ddl;
+            #bits
+            #load_full
+            #step
+        }}
+    });
+    let bits_rt = bits(quote! { dd });
+    quote! {
+        #setup
+        // sign chunk -> [rows 0-15 | rows 0-15 | rows 16-31 | rows 16-31], the index order
+        let sign = |grp: usize| {
+            let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
+            _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
+        };
+        // a sign chunk covers 8 triples = 4 magnitude chunks = 2 dchunks
+        let groups = nmag / 4;
+        let flush_groups = FLUSH_STEPS / 2;
+        let mut grp = 0usize;
+        while grp < groups {
+            let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
+            #zero
+            while grp < end {
+                let s = sign(grp);
+                #(#unrolled)*
+                grp += 1;
+            }
+            #fl
+        }
+        let rem = nmag - groups * 4;
+        if rem > 0 {
+            #zero
+            let s = sign(groups);
+            for dd in 0..rem.div_ceil(2) {
+                let dc = groups * 2 + dd;
+                #bits_rt
+                #load_any
+                #step
+            }
+            #fl
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NEON: a chunk is two q registers (rows 0-15, 16-31); `tbl` looks 16 rows up at once.
+// ---------------------------------------------------------------------------------------------
+
+fn neon_step(c: usize, signed: bool) -> TokenStream {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let (xl, xh) = if signed {
+        (quote! { ml[h] }, quote! { mh[h] })
+    } else {
+        (quote! { z }, quote! { z })
+    };
+    quote! {
+        let v = [vld1q_u8(w.add(ch * BM)), vld1q_u8(w.add(ch * BM + 16))];
+        let il = [vandq_u8(v[0], nib), vandq_u8(v[1], nib)];
+        let ih = [vshrq_n_u8::<4>(v[0]), vshrq_n_u8::<4>(v[1])];
+        #(
+            let tb = vld1q_u8_x4(#t.add(ch * 64) as *const u8);
+            for h in 0..2 {
+                let l0 = veorq_u8(vqtbl1q_u8(tb.0, il[h]), #xl);
+                let h0 = veorq_u8(vqtbl1q_u8(tb.1, il[h]), #xl);
+                let l1 = veorq_u8(vqtbl1q_u8(tb.2, ih[h]), #xh);
+                let h1 = veorq_u8(vqtbl1q_u8(tb.3, ih[h]), #xh);
+                let lo = vaddq_s16(vreinterpretq_s16_u8(vzip1q_u8(l0, h0)), vreinterpretq_s16_u8(vzip1q_u8(l1, h1)));
+                let hi = vaddq_s16(vreinterpretq_s16_u8(vzip2q_u8(l0, h0)), vreinterpretq_s16_u8(vzip2q_u8(l1, h1)));
+                #a[2 * h] = vaddq_s16(#a[2 * h], lo);
+                #a[2 * h + 1] = vaddq_s16(#a[2 * h + 1], hi);
+            }
+        )*
+    }
+}
+
+fn neon_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
+    let t = idents("t", c);
+    let a = idents("a", c);
+    let js = (0..c).map(lit);
+    let setup = quote! {
+        let nib = vdupq_n_u8(0x0f);
+        let z = vdupq_n_u8(0);
+        let z16 = vdupq_n_s16(0);
+        #(let #t = t[#js];)*
+    };
+    let zero = quote! { #(let mut #a = [z16; 4];)* let mut neg = [z; 2]; };
+    let js = (0..c).map(lit);
+    let fl = quote! { #(flush(&mut acc[#js], #a, neg);)* };
+    (setup, zero, fl)
+}
+
+fn neon_pairs(c: usize) -> TokenStream {
+    let (setup, zero, fl) = neon_common(c);
+    let step = neon_step(c, false);
+    quote! {
+        #setup
+        let mut ch = 0usize;
+        while ch < nch {
+            let end = if nch - ch > FLUSH_STEPS { ch + FLUSH_STEPS } else { nch };
+            #zero
+            while ch < end {
+                #step
+                ch += 1;
+            }
+            #fl
+        }
+    }
+}
+
+fn neon_triples(c: usize) -> TokenStream {
+    let (setup, zero, fl) = neon_common(c);
+    let step = neon_step(c, true);
+    let masks = quote! {
+        let ml = [vtstq_u8(s[0], bl), vtstq_u8(s[1], bl)];
+        let mh = [vtstq_u8(s[0], bh), vtstq_u8(s[1], bh)];
+        // a set mask is 0xff = -1: subtracting it counts the negative triple
+        neg[0] = vsubq_u8(vsubq_u8(neg[0], ml[0]), mh[0]);
+        neg[1] = vsubq_u8(vsubq_u8(neg[1], ml[1]), mh[1]);
+    };
+    let unrolled = (0..4).map(|cc| {
+        let (bl, bh) = (
+            Literal::u8_unsuffixed(1u8 << (2 * cc)),
+            Literal::u8_unsuffixed(1u8 << (2 * cc + 1)),
+        );
+        let ccl = lit(cc);
+        quote! {{
+            let ch = grp * 4 + #ccl;
+            let bl = vdupq_n_u8(#bl);
+            let bh = vdupq_n_u8(#bh);
+            #masks
+            #step
+        }}
+    });
+    quote! {
+        #setup
+        let groups = nmag / 4;
+        let flush_groups = FLUSH_STEPS / 4;
+        let mut grp = 0usize;
+        while grp < groups {
+            let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
+            #zero
+            while grp < end {
+                let s = [vld1q_u8(sg.add(grp * BM)), vld1q_u8(sg.add(grp * BM + 16))];
+                #(#unrolled)*
+                grp += 1;
+            }
+            #fl
+        }
+        let rem = nmag - groups * 4;
+        if rem > 0 {
+            #zero
+            let s = [vld1q_u8(sg.add(groups * BM)), vld1q_u8(sg.add(groups * BM + 16))];
+            for cc in 0..rem {
+                let ch = groups * 4 + cc;
+                let bl = vdupq_n_u8(1u8 << (2 * cc));
+                let bh = vdupq_n_u8(1u8 << (2 * cc + 1));
+                #masks
+                #step
+            }
+            #fl
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The matmul entry points.
+// ---------------------------------------------------------------------------------------------
+
+fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
+    let name = format_ident!("mm{}x{}", t.rows, t.cols);
+    let full = format_ident!("tile_{}", t.cols);
+    let cl = lit(t.cols);
+    let doc = format!(
+        " Matmul over weight rows `r0..r1` (layout tiles of {BM} rows) and every activation row, \
+         {} activation row(s) per table pass.",
+        t.cols
+    );
+    quote! {
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
+        /// same `k`, `r0` is a multiple of `BM`, `r0 <= r1 <= n`, and `out` is valid for writes
+        /// at `m * n + row` for every activation row `m` and `row` in `r0..r1` (no other thread
+        /// writes those).
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let g = LutGeometry::new(SPEC, n, k);
+            let tp = w.add(g.codes_bytes());
+            let ws = f32::from_le_bytes([*tp, *tp.add(1), *tp.add(2), *tp.add(3)]);
+            let tri_bytes = area(g.t);
+            let row_bytes = tri_bytes + area(g.pair_elems / 2);
+            let lut = acts.lut.as_ptr();
+            let m = acts.m;
+            let finish = |acc: &[i32; BM], col: usize, row: usize, rows: usize| {
+                let s = *acts.scale.get_unchecked(col);
+                let o = out.add(col * n + row);
+                for r in 0..rows {
+                    *o.add(r) = acc[r] as f32 / s * ws;
+                }
+            };
+            // Column blocks whose tables stay in L2 (about 128 KiB) while every row tile of
+            // r0..r1 streams past them; inside a block, C columns share each index load.
+            let block = ((128 << 10) / row_bytes.max(1) / #cl).max(1) * #cl;
+            let mut c0 = 0;
+            while c0 < m {
+                let c1 = if m - c0 > block { c0 + block } else { m };
+                let mut row = r0;
+                while row < r1 {
+                    let wt = w.add(row / BM * g.tile_bytes);
+                    let rows = if r1 - row < BM { r1 - row } else { BM };
+                    let mut col = c0;
+                    while col + #cl <= c1 {
+                        let mut acc = [[0i32; BM]; #cl];
+                        let t: [*const i8; #cl] = core::array::from_fn(|j| lut.add((col + j) * row_bytes));
+                        #full(wt, &g, t, tri_bytes, &mut acc);
+                        for (j, a) in acc.iter().enumerate() {
+                            finish(a, col + j, row, rows);
+                        }
+                        col += #cl;
+                    }
+                    while col < c1 {
+                        let mut acc = [[0i32; BM]; 1];
+                        tile_1(wt, &g, [lut.add(col * row_bytes)], tri_bytes, &mut acc);
+                        finish(&acc[0], col, row, rows);
+                        col += 1;
+                    }
+                    row += BM;
+                }
+                c0 = c1;
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@
 //! `Rp/4` TL1 chunks for the remainder.
 
 use super::{Scales, Ternary};
-use crate::table::{CodeRule, FormatSpec};
+use crate::table::{CodeRule, FormatSpec, Isa};
 
 pub const TAIL: usize = 32;
 
@@ -217,4 +217,192 @@ pub fn validate(spec: &FormatSpec, data: &[u8], n: usize, k: usize) -> Result<()
 pub fn padded_k(spec: &FormatSpec, k: usize) -> usize {
     let g = LutGeometry::new(spec, 1, k);
     g.pair_base() + g.pair_elems
+}
+
+/// Units whose activation tables a kernel of `isa` stores together in `PreparedActs::lut`:
+/// AVX-512 interleaves four units (`[lo(4g), lo(4g+2)]`, `[hi(4g), hi(4g+2)]`,
+/// `[lo(4g+1), lo(4g+3)]`, `[hi(4g+1), hi(4g+3)]`, 16 bytes each, so that one 32-byte broadcast
+/// feeds a zmm `vpshufb`); every other ISA stores unit `u` alone at `32 * u` (`lo[16]`,
+/// `hi[16]`). `lo`/`hi` are the low and high bytes of the 16 int16 sums of the unit.
+pub const fn table_group(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 4,
+        _ => 1,
+    }
+}
+
+/// Bytes of lookup tables per activation row prepared for a LUT kernel of `isa`: the triple
+/// tables (TL2) then the pair tables, each area rounded up to whole groups.
+pub fn prepared_row_bytes(spec: &FormatSpec, k: usize, isa: Isa) -> usize {
+    let g = LutGeometry::new(spec, 1, k);
+    let area = |units: usize| units.div_ceil(table_group(isa)) * table_group(isa) * 32;
+    area(g.t) + area(g.pair_elems / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every runnable LUT kernel against this reference over shapes that hit every padding
+    //! case (K mod 24, N mod 32), several int16 flushes, and the extreme sums (all weights of
+    //! one sign times activations of -128) that bound the int16 accumulators.
+    use crate::{
+        dequantize_with, matmul_with, quantize_with, reference, KernelOp, PackedWeights,
+        QuantizedActs, KERNELS,
+    };
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn weights(rng: &mut Rng, n: usize, k: usize) -> Vec<f32> {
+        let mut w = Vec::with_capacity(n * k);
+        for row in 0..n {
+            for _ in 0..k {
+                let v = match row % 4 {
+                    0 | 3 => [-0.5f32, 0.0, 0.5][(rng.next() % 3) as usize],
+                    1 => -0.5,
+                    _ => 0.5,
+                };
+                w.push(v);
+            }
+        }
+        w
+    }
+
+    fn acts(rng: &mut Rng, m: usize, k: usize) -> QuantizedActs {
+        let mut q = Vec::with_capacity(m * k);
+        for row in 0..m {
+            for _ in 0..k {
+                q.push(match row % 4 {
+                    0 => rng.next() as i8,
+                    1 => -128,
+                    2 => 127,
+                    _ => [-128i8, 127][(rng.next() % 2) as usize],
+                });
+            }
+        }
+        let scale = (0..m).map(|i| 0.75 + i as f32 * 0.37).collect();
+        QuantizedActs::from_parts(m, k, q, scale).unwrap()
+    }
+
+    #[test]
+    fn lut_kernels_match_reference() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let ks: Vec<usize> = (1..=50).chain([191, 192, 193, 385, 1000, 1541]).collect();
+        let mut checked = 0;
+        for e in KERNELS
+            .iter()
+            .filter(|e| e.format.spec().is_lut() && e.runnable())
+        {
+            let f = e.format;
+            for &n in &[1usize, 31, 32, 33, 70] {
+                for &k in &ks {
+                    if n * k > 40_000 && n != 33 {
+                        continue;
+                    }
+                    let w = weights(&mut rng, n, k);
+                    let packed = reference::quantize(f.spec(), &w, n, k);
+                    let pw = PackedWeights::new(f, &packed, n, k).unwrap();
+                    match e.op {
+                        KernelOp::Quantize => {
+                            let q = quantize_with(e, f, &w, n, k).unwrap();
+                            assert_eq!(q, packed, "{} {n}x{k}", e.id);
+                        }
+                        KernelOp::Dequantize => {
+                            let mut o = vec![0f32; n * k];
+                            dequantize_with(e, &pw, &mut o).unwrap();
+                            let r = reference::dequantize(f.spec(), &packed, n, k);
+                            assert_eq!(o, r, "{} {n}x{k}", e.id);
+                        }
+                        KernelOp::Matmul(_) => {
+                            // m = 37 with K >= 1000 spans several column blocks of the
+                            // kernels (tables of about 128 KiB per block)
+                            let ms: &[usize] = if k >= 1000 {
+                                &[1, 5, 37]
+                            } else {
+                                &[1, 2, 4, 5, 8]
+                            };
+                            for &m in ms {
+                                let a = acts(&mut rng, m, k);
+                                let mut o = vec![f32::NAN; m * n];
+                                matmul_with(e, &pw, &a, &mut o).unwrap();
+                                let r = reference::matmul(f.spec(), &packed, n, k, &a);
+                                assert_eq!(
+                                    o.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                                    "{} {n}x{k} m={m}",
+                                    e.id
+                                );
+                            }
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // scalar TL1 and TL2 rows always run: at least their 2 x 4 kernels were checked
+        assert!(checked >= 8, "only {checked} LUT checks ran");
+    }
+
+    /// Activations prepared for one LUT kernel run on another only when the table layouts
+    /// agree; a layout of another size is rejected (never read out of bounds).
+    #[test]
+    fn prepared_tables_are_checked_across_kernels() {
+        let mut rng = Rng(7);
+        let (n, k, m) = (40usize, 20usize, 3usize);
+        let mm = |e: &&crate::KernelEntry| matches!(e.op, KernelOp::Matmul(_)) && e.runnable();
+        let mut pairs = 0;
+        for a in KERNELS
+            .iter()
+            .filter(|e| e.format.spec().is_lut())
+            .filter(mm)
+        {
+            for b in KERNELS.iter().filter(|e| e.format == a.format).filter(mm) {
+                let f = a.format;
+                let w = weights(&mut rng, n, k);
+                let packed = reference::quantize(f.spec(), &w, n, k);
+                let pw = PackedWeights::new(f, &packed, n, k).unwrap();
+                let x = acts(&mut rng, m, k);
+                let p = crate::prepare_for(a, &x).unwrap();
+                let mut o = vec![0f32; m * n];
+                // prepared activations are accepted only by kernels of the same generated
+                // module (same table layout); every other kernel refuses them
+                let same = a.module == b.module;
+                let res = crate::matmul_prepared(b, &pw, &p, &mut o);
+                if same {
+                    res.unwrap();
+                    assert_eq!(
+                        o,
+                        reference::matmul(f.spec(), &packed, n, k, &x),
+                        "{} -> {}",
+                        a.id,
+                        b.id
+                    );
+                } else {
+                    assert!(res.is_err(), "{} -> {}", a.id, b.id);
+                }
+                pairs += 1;
+            }
+        }
+        assert!(pairs >= 8, "only {pairs} kernel pairs");
+    }
+
+    #[test]
+    fn triple_and_pair_indices_round_trip() {
+        for w0 in -1i8..=1 {
+            for w1 in -1i8..=1 {
+                assert_eq!(super::pair_weights(super::pair_index(w0, w1)), (w0, w1));
+                for w2 in -1i8..=1 {
+                    let v = 9 * w0 + 3 * w1 + w2;
+                    let got = super::triple_weights(v.unsigned_abs(), v < 0);
+                    assert_eq!(got, [w0, w1, w2]);
+                }
+            }
+        }
+    }
 }
