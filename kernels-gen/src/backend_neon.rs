@@ -174,6 +174,25 @@ impl Backend for Neon {
     fn dequant_step(&self) -> usize {
         4
     }
+    fn load_f16(&self, ptr: TokenStream) -> TokenStream {
+        // `fcvt Sd, Hn` is base ARMv8 floating point (FEAT_FP16 only adds f16 arithmetic) and
+        // converts exactly (subnormals, infinities; NaNs quieted as `half` does). The stable
+        // `float16x4_t` intrinsics do not exist yet, hence `asm!` on register operands only:
+        // the u32 goes to an S register (`fmov`), whose low half is the f16. (The default, the
+        // `half` crate, detects CPU features and calls out of line on AArch64, which spills a
+        // tile's vector accumulators at every block.)
+        quote! {{
+            let h: u32 = (#ptr as *const u16).read_unaligned() as u32;
+            let f: f32;
+            core::arch::asm!(
+                "fcvt {f:s}, {h:h}",
+                h = in(vreg) h,
+                f = lateout(vreg) f,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            f
+        }}
+    }
 }
 
 #[cfg(test)]
