@@ -229,7 +229,7 @@ fn check_acts(format: Format, acts: &QuantizedActs) -> Result<(), KernelError> {
         return Err(KernelError::Activations("no activation rows".into()));
     }
     let spec = format.spec();
-    if !spec.is_lut() && acts.k % spec.block_elems != 0 {
+    if !spec.is_lut() && !acts.k.is_multiple_of(spec.block_elems) {
         return Err(KernelError::Activations(format!(
             "K = {} is not a multiple of the {} block ({})",
             acts.k,

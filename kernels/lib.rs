@@ -194,7 +194,7 @@ impl Format {
         if n.checked_mul(k).is_none_or(|e| e > (1usize << 40)) {
             return err("too many elements".into());
         }
-        if !spec.is_lut() && k % spec.block_elems != 0 {
+        if !spec.is_lut() && !k.is_multiple_of(spec.block_elems) {
             return err(format!("K must be a multiple of {}", spec.block_elems));
         }
         if k > (1 << 22) {

@@ -344,7 +344,20 @@ const CHILD: &str = "TERNFORGE_ERRORS_CHILD";
 /// Run `test` of this binary in a child process with `env`; fail if the child fails or crashes.
 fn run_child(test: &str, env: &[(&str, &str)]) {
     let exe = std::env::current_exe().expect("current test binary");
-    let mut cmd = std::process::Command::new(exe);
+    // Under a cross runner (qemu-aarch64 via cargo's CARGO_TARGET_<TRIPLE>_RUNNER) the child
+    // must go through the same runner: the host cannot exec the target binary directly.
+    let runner = std::env::vars()
+        .find(|(k, _)| k.starts_with("CARGO_TARGET_") && k.ends_with("_RUNNER"))
+        .map(|(_, v)| v)
+        .filter(|_| cfg!(not(target_arch = "x86_64")));
+    let mut cmd = match runner.as_deref().map(str::split_whitespace) {
+        Some(mut parts) => {
+            let mut c = std::process::Command::new(parts.next().expect("runner program"));
+            c.args(parts).arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1");
     for (k, v) in env {

@@ -107,6 +107,13 @@ fn lit(v: usize) -> Literal {
 pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let spec = row.format;
     let b = backend(row.isa);
+    if b.isa() != row.isa {
+        return Err(format!(
+            "backend for {} reports ISA {}",
+            row.isa.name(),
+            b.isa().name()
+        ));
+    }
     let plan = plan(spec, b.width())?;
     let tf = target_feature(row.isa);
     let prelude = b.prelude();

@@ -41,10 +41,10 @@ pub fn decode(spec: &FormatSpec, data: &[u8], n: usize, k: usize) -> Ternary {
     let mut d = Vec::with_capacity(nblocks);
     for blk in 0..nblocks {
         let b = &data[blk * bb..(blk + 1) * bb];
-        for byte in 0..QS + QH {
+        for (byte, &v) in b[..QS + QH].iter().enumerate() {
             for t in 0..5 {
                 if let Some(e) = element_of(byte, t) {
-                    w[blk * BLOCK + e] = trit(b[byte], t) as i8 - 1;
+                    w[blk * BLOCK + e] = trit(v, t) as i8 - 1;
                 }
             }
         }
@@ -80,9 +80,9 @@ pub fn encode(spec: &FormatSpec, src: &[f32], n: usize, k: usize) -> Vec<u8> {
         // lroundf(x * id) + 1, as ggml; values outside [-1, 1] cannot occur since d = amax
         let code = |e: usize| -> u8 { super::packed2::round_code(x[e], id) };
         let o = &mut out[blk * bb..(blk + 1) * bb];
-        for byte in 0..QS + QH {
+        for (byte, slot) in o[..QS + QH].iter_mut().enumerate() {
             let trits = (0..5).filter_map(|t| element_of(byte, t)).map(code);
-            o[byte] = pack(trits, byte >= QS);
+            *slot = pack(trits, byte >= QS);
         }
         o[QS + QH..].copy_from_slice(&f16::from_f32(amax).to_le_bytes());
     }
