@@ -1,1 +1,3 @@
 //! ternforge inference engine.
+
+pub mod gguf;
