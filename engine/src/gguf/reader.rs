@@ -55,6 +55,10 @@ impl TensorView<'_> {
 
 /// A parsed GGUF file over any byte container: `Gguf<Mmap>` from [`Gguf::open`],
 /// `Gguf<&[u8]>` or `Gguf<Vec<u8>>` from [`Gguf::parse`].
+///
+/// Tensor offsets are aligned relative to the start of the buffer; a memory map starts on
+/// a page boundary, so there `data` pointers are aligned too. A heap buffer carries no
+/// such guarantee.
 pub struct Gguf<D> {
     data: D,
     layout: Layout,
@@ -62,6 +66,18 @@ pub struct Gguf<D> {
 
 /// A GGUF file opened through a memory map.
 pub type GgufFile = Gguf<Mmap>;
+
+impl<D> std::fmt::Debug for Gguf<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gguf")
+            .field("version", &self.layout.version)
+            .field("alignment", &self.layout.alignment)
+            .field("data_offset", &self.layout.data_offset)
+            .field("metadata_len", &self.layout.metadata.len())
+            .field("tensors", &self.layout.tensors.len())
+            .finish()
+    }
+}
 
 struct Layout {
     version: u32,
@@ -194,6 +210,12 @@ impl<D: AsRef<[u8]>> Gguf<D> {
         self.layout.metadata.get_f32_array(key)
     }
 }
+
+/// Most elements reserved ahead for a count read from the file. Counts are first checked
+/// against the bytes left, but in a large file (tensor data after the metadata) a lying
+/// count could still reserve a multiple of the file size in owned elements (a `String` is
+/// 24 bytes, its encoding can be 8): beyond this, vectors grow only as elements parse.
+const PREALLOC_CAP: usize = 1 << 16;
 
 /// magic + version + tensor count + kv count.
 const HEADER_LEN: u64 = 4 + 4 + 8 + 8;
@@ -338,14 +360,14 @@ impl<'a> Cursor<'a> {
                     .collect::<Result<_>>()?,
             ),
             ValueType::String => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(PREALLOC_CAP));
                 for i in 0..n {
                     v.push(self.string(&|| format!("string #{i} of array {key:?}"))?);
                 }
                 Array::String(v)
             }
             ValueType::Array => {
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(n.min(PREALLOC_CAP));
                 for _ in 0..n {
                     v.push(self.array_value(key, depth + 1)?);
                 }
@@ -420,8 +442,9 @@ fn parse_layout(buf: &[u8], opts: ParseOptions<'_>) -> Result<Layout> {
     };
 
     c.check_count(n_tensors, MIN_TENSOR_INFO, &|| "tensor count".to_owned())?;
-    let mut raw = Vec::with_capacity(n_tensors as usize);
-    let mut index = HashMap::with_capacity(n_tensors as usize);
+    let cap = (n_tensors as usize).min(PREALLOC_CAP);
+    let mut raw = Vec::with_capacity(cap);
+    let mut index = HashMap::with_capacity(cap);
     for i in 0..n_tensors {
         let name = c.string(&|| format!("name of tensor #{i}"))?;
         let what = || format!("info of tensor {name:?}");
