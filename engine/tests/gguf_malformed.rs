@@ -485,3 +485,24 @@ fn gguf_error_messages_name_the_culprit() {
     let msg = r.parse().unwrap_err().to_string();
     assert!(msg.contains("tokenizer.ggml.tokens"), "{msg}");
 }
+
+#[test]
+fn gguf_many_tensors_at_one_offset_fail_fast() {
+    // 50k TL1 tensors (size unknown without a sizer) all at offset 0: rejected as
+    // overlapping, in time linear-ish in the count.
+    let mut r = Raw::new();
+    for i in 0..50_000u32 {
+        r = r.tensor(format!("t{i}").as_bytes(), &[8], 38, 0);
+    }
+    let r = r.data(64);
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        r.parse(),
+        Err(GgufError::OverlappingTensors { .. })
+    ));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}

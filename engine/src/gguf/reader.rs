@@ -518,17 +518,23 @@ fn parse_layout(buf: &[u8], opts: ParseOptions<'_>) -> Result<Layout> {
     // Tensors sorted by (offset, size): fill in unknown extents, then check for overlap.
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| (tensors[i].offset, tensors[i].size));
-    for k in 0..order.len() {
-        let i = order[k];
-        if !tensors[i].size_known {
-            let start = tensors[i].offset;
-            let next = order[k + 1..]
-                .iter()
-                .map(|&j| tensors[j].offset)
-                .find(|&o| o > start)
-                .unwrap_or(data_len);
-            tensors[i].size = next - start;
+    // Walking back over groups of equal offsets, `next_start` is the smallest offset
+    // greater than the group's (or the end of the data); offsets are <= data_len here.
+    let mut next_start = data_len;
+    let mut k = order.len();
+    while k > 0 {
+        let o = tensors[order[k - 1]].offset;
+        let mut j = k;
+        while j > 0 && tensors[order[j - 1]].offset == o {
+            j -= 1;
         }
+        for &i in &order[j..k] {
+            if !tensors[i].size_known {
+                tensors[i].size = next_start - o;
+            }
+        }
+        next_start = o;
+        k = j;
     }
     // Walk non-empty tensors by offset, remembering the one that reaches furthest.
     let mut furthest: Option<usize> = None;
