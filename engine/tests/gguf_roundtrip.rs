@@ -502,3 +502,44 @@ fn gguf_type_table() {
         .unwrap()
         .is_none());
 }
+
+/// The shape of the official BitNet b1.58 files (architecture `bitnet-b1.58`, older
+/// `bitnet-25`): I2_S projections with the f32 scale in the 32-byte tail, F16 token_embd.
+#[test]
+fn gguf_official_style_bitnet_file() {
+    for arch in ["bitnet-b1.58", "bitnet-25"] {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", arch).unwrap();
+        w.add_kv(format!("{arch}.block_count"), Value::U32(1))
+            .unwrap();
+        w.add_kv(format!("{arch}.embedding_length"), Value::U32(256))
+            .unwrap();
+        w.add_kv(format!("{arch}.rope.freq_base"), Value::F32(500000.0))
+            .unwrap();
+        w.add_kv("tokenizer.ggml.bos_token_id", Value::U32(128000))
+            .unwrap();
+        let embd = vec![0x3cu8; 256 * 8 * 2];
+        w.add_tensor("token_embd.weight", &[256, 8], TensorType::F16, embd)
+            .unwrap();
+        let mut q = pattern(256 * 256 / 4, 1);
+        let mut tail = 0.75f32.to_le_bytes().to_vec();
+        tail.resize(32, 0);
+        q.extend_from_slice(&tail);
+        w.add_tensor("blk.0.attn_q.weight", &[256, 256], TensorType::I2_S, q)
+            .unwrap();
+        let g = Gguf::parse(w.to_bytes().unwrap()).unwrap();
+        assert_eq!(g.get_str("general.architecture").unwrap(), arch);
+        assert_eq!(g.get_u32(&format!("{arch}.block_count")).unwrap(), 1);
+        assert_eq!(
+            g.get_f32(&format!("{arch}.rope.freq_base")).unwrap(),
+            500000.0
+        );
+        let t = g.tensor("blk.0.attn_q.weight").unwrap();
+        assert_eq!(t.ty, TensorType::Known(GgmlType::I2_S));
+        assert_eq!(t.n_elements(), 65536);
+        assert_eq!(t.data.len(), 65536 / 4 + 32);
+        let scale = f32::from_le_bytes(t.data[16384..16388].try_into().unwrap());
+        assert_eq!(scale, 0.75);
+        assert_eq!(g.tensor("token_embd.weight").unwrap().dims, [256, 8]);
+    }
+}
