@@ -1,4 +1,5 @@
 //! ternforge inference engine.
 
 pub mod chat;
+pub mod gguf;
 pub mod tokenizer;
