@@ -345,5 +345,6 @@ pub const TABLE: &[Row] = &[
     Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
 ];
