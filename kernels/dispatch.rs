@@ -84,15 +84,33 @@ impl Dispatch {
                     && e.runnable()
                     && std::mem::discriminant(&e.op) == std::mem::discriminant(&op)
             });
+            // Tiles are ranked by the table: a row lists its tiles in order of preference.
+            // m == 1: the first GEMV tile (cols == 1); m > 1: the GEMM tile with the most
+            // columns not above m (the first listed on ties), else the narrowest GEMM tile.
             let best = match op {
-                KernelOp::Matmul(_) => cands.max_by_key(|e| match e.op {
-                    KernelOp::Matmul(t) => {
-                        let fits = t.cols <= m.max(1);
-                        let gemv = (m == 1) == (t.cols == 1);
-                        (fits, gemv, t.cols * t.rows.min(4), t.rows)
+                KernelOp::Matmul(_) => {
+                    let cands: Vec<&'static KernelEntry> = cands.collect();
+                    let cols = |e: &KernelEntry| match e.op {
+                        KernelOp::Matmul(t) => t.cols,
+                        _ => 0,
+                    };
+                    if m <= 1 {
+                        cands
+                            .iter()
+                            .copied()
+                            .find(|e| cols(e) == 1)
+                            .or(cands.first().copied())
+                    } else {
+                        let gemm = cands.iter().copied().filter(|e| cols(e) > 1);
+                        let fitting = gemm.clone().filter(|e| cols(e) <= m);
+                        let widest = fitting.clone().map(cols).max();
+                        fitting
+                            .clone()
+                            .find(|e| Some(cols(e)) == widest)
+                            .or_else(|| gemm.clone().min_by_key(|e| cols(e)))
+                            .or(cands.first().copied())
                     }
-                    _ => (false, false, 0, 0),
-                }),
+                }
                 _ => cands.next_back(),
             };
             if let Some(e) = best {

@@ -306,31 +306,35 @@ const GEMM2X8: Tile = Tile::new(2, 8);
 const LUT1: Tile = Tile::new(32, 1);
 const LUT4: Tile = Tile::new(32, 4);
 
-/// The table. Order is irrelevant; `build.rs` validates it (unique rows, tiles that fit the
+/// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
+/// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
+/// fits for more; measured on an AVX-512 VNNI EPYC: one-row GEMV streams DRAM best for the
+/// tensor-scale and QK256 layouts, 4-row tiles win where per-block reductions dominate).
+/// `build.rs` validates it (unique rows, tiles that fit the
 /// ISA's registers, formats the generator has a decode rule for).
 #[rustfmt::skip]
 pub const TABLE: &[Row] = &[
     // I2S
-    Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV1, GEMV2, GEMV4, GEMM4X4, GEMM2X8] },
-    Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // QK256 = TQ2_0
-    Row { format: &QK256, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Avx512, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Avx2, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Avx512, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Avx512Vnni, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // TQ1_0
-    Row { format: &TQ1_0, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Avx512, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::NeonDot, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     // TL1
     Row { format: &TL1, isa: Isa::Scalar, tiles: &[LUT1, LUT4] },
     Row { format: &TL1, isa: Isa::Avx2, tiles: &[LUT1, LUT4] },
@@ -342,9 +346,9 @@ pub const TABLE: &[Row] = &[
     Row { format: &TL2, isa: Isa::Avx512, tiles: &[LUT1, LUT4] },
     Row { format: &TL2, isa: Isa::Neon, tiles: &[LUT1, LUT4] },
     // I2S64: added as rows only (see its FormatSpec)
-    Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::Neon, tiles: &[GEMV4, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::NeonDot, tiles: &[GEMV4, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::NeonDot, tiles: &[GEMV4, GEMV1, GEMM4X4] },
 ];
