@@ -294,6 +294,23 @@ fn validate_codes(format: Format, data: &[u8], n: usize, k: usize) -> Result<(),
     Ok(())
 }
 
+/// `max |x|` ignoring NaN (like `f32::max`), exact. Sixteen independent lanes so the
+/// reduction vectorises; used by the generated quantizers.
+#[doc(hidden)]
+#[inline(always)]
+pub fn absmax(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let m = rest.iter().fold(0f32, |a, v| a.max(v.abs()));
+    lanes.iter().fold(m, |a, &l| a.max(l))
+}
+
 /// Software prefetch distance (bytes) used by the generated matmul kernels for a tile of
 /// `tile_bytes` weight bytes. `TERNFORGE_PREFETCH` overrides it (0 disables prefetching
 /// effects by prefetching the line being loaded).

@@ -318,14 +318,11 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     };
     let tensor_scale = quote! {
         // max|x| in f32 is exact (and ignores NaN like the f64 fold upstream)
-        let mut tmax32 = 0f32;
-        for i in 0..n * k { tmax32 = tmax32.max((*src.add(i)).abs()); }
-        let tmax = tmax32 as f64;
+        let tmax = crate::absmax(core::slice::from_raw_parts(src, n * k)) as f64;
     };
     let block_scale = match spec.quantizer {
         Quantizer::RoundAbsMax => quote! {
-            let mut amax = 0f32;
-            for i in 0..#be { amax = amax.max((*x.add(i)).abs()); }
+            let amax = crate::absmax(core::slice::from_raw_parts(x, #be));
             let id = if amax != 0.0 { 1.0 / amax } else { 0.0 };
         },
         Quantizer::SignMax => quote! { let amax = tmax as f32; let id = 0f32; },

@@ -338,20 +338,23 @@ fn gen_prepare(triples: bool) -> TokenStream {
 fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
     let tri = if triples {
         quote! {
-            for t in 0..g.t {
-                let v = 9 * code(x[3 * t]) + 3 * code(x[3 * t + 1]) + code(x[3 * t + 2]);
-                o[base + (t / 2) * BM + r] |= (v.unsigned_abs()) << (4 * (t % 2));
-                if v < 0 {
-                    o[base + g.sign_offset() + (t / 8) * BM + r] |= 1 << (t % 8);
-                }
+            // two triples per index byte, eight per sign byte
+            for c in 0..g.t / 2 {
+                let e = 6 * c;
+                let v0 = 9 * w[e] + 3 * w[e + 1] + w[e + 2];
+                let v1 = 9 * w[e + 3] + 3 * w[e + 4] + w[e + 5];
+                o[base + c * BM + r] = v0.unsigned_abs() | (v1.unsigned_abs() << 4);
+                let signs = (v0 < 0) as u8 | (((v1 < 0) as u8) << 1);
+                o[base + g.sign_offset() + (c / 4) * BM + r] |= signs << (2 * (c % 4));
             }
         }
     } else {
         quote! {}
     };
     quote! {
-        /// Quantize `n x k` f32 weights (bitnet.cpp sign/absmax rule, tensor scale in f64),
-        /// byte-exact with `reference::lut::encode`.
+        /// Quantize `n x k` f32 weights (bitnet.cpp sign/absmax rule), byte-exact with
+        /// `reference::lut::encode`: `|x| < 1e-6` (compared in f64, i.e. `|x| < T32` in f32)
+        /// is 0, else the sign; the f32 tensor max is exact.
         ///
         /// # Safety
         /// `src` holds `n * k` values and `out` has room for the format's tensor size.
@@ -362,63 +365,75 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
             let all = core::slice::from_raw_parts(src, n * k);
             let o = core::slice::from_raw_parts_mut(out, total);
             o.fill(0);
-            let mut tmax = 0f64;
-            for &v in all {
-                tmax = tmax.max((v as f64).abs());
+            let tmax = crate::absmax(all);
+            #[inline(always)]
+            fn code(v: f32) -> i8 {
+                const T32: f32 = 1.0000001e-6;
+                if v.abs() < T32 { 0 } else if v > 0.0 { 1 } else { -1 }
             }
-            let code = |v: f32| -> i8 {
-                if (v as f64).abs() < 1e-6 {
-                    0
-                } else if v as f64 * tmax > 0.0 {
-                    1
-                } else {
-                    -1
-                }
-            };
-            // the padded row: K elements then zeros up to the padded pair section
-            let kp = g.pair_base() + g.pair_elems;
-            let mut x = vec![0f32; kp];
-            // every row of every tile: the rows padding the last tile hold zero weights too
-            // (TL1 pair index 4)
+            // pair elements past K (and rows past N) are zero weights (TL1 index 4)
+            let (pb, po) = (g.pair_base(), g.pair_offset());
+            // one row of ternary codes, zero padded to the padded K (the float work is one
+            // vectorisable pass; the packing below only moves bytes)
+            let mut w = vec![0i8; pb + g.pair_elems];
             for row in 0..g.tiles * BM {
-                if row < n {
-                    x[..k].copy_from_slice(&all[row * k..(row + 1) * k]);
-                } else {
-                    x.fill(0.0);
-                }
                 let base = (row / BM) * g.tile_bytes;
                 let r = row % BM;
-                #tri
-                let pb = g.pair_base();
-                for p in 0..g.pair_elems / 2 {
-                    let idx = (3 * code(x[pb + 2 * p]) + code(x[pb + 2 * p + 1]) + 4) as u8;
-                    o[base + g.pair_offset() + (p / 2) * BM + r] |= idx << (4 * (p % 2));
+                if row < n {
+                    for (c, &v) in w.iter_mut().zip(&all[row * k..(row + 1) * k]) {
+                        *c = code(v);
+                    }
+                    #tri
+                    for c in 0..g.pair_elems / 4 {
+                        let e = pb + 4 * c;
+                        let lo = (3 * w[e] + w[e + 1] + 4) as u8;
+                        let hi = (3 * w[e + 2] + w[e + 3] + 4) as u8;
+                        o[base + po + c * BM + r] = lo | (hi << 4);
+                    }
+                } else {
+                    for c in 0..g.pair_elems / 4 {
+                        o[base + po + c * BM + r] = 0x44;
+                    }
                 }
             }
-            let s = (tmax as f32).to_le_bytes();
+            let s = tmax.to_le_bytes();
             o[g.codes_bytes()..g.codes_bytes() + 4].copy_from_slice(&s);
         }
     }
 }
 
 fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
-    let tri = if triples {
-        quote! {
-            for t in 0..g.t {
-                let b = d[base + (t / 2) * BM + r];
-                let mag = ((b >> (4 * (t % 2))) & 15) as usize;
-                let neg = (d[base + g.sign_offset() + (t / 8) * BM + r] >> (t % 8)) & 1 == 1;
-                for i in 0..3 {
-                    let w = if neg { -W[mag][i] } else { W[mag][i] };
-                    o[3 * t + i] = w as f32 * scale;
+    let (tri_setup, tri) = if triples {
+        (
+            quote! {
+                // (index byte, its two sign bits) -> six scaled weights
+                let mut tri = vec![[0f32; 6]; 1024];
+                for (key, t) in tri.iter_mut().enumerate() {
+                    let (b, s) = (key & 255, key >> 8);
+                    for h in 0..2 {
+                        let mag = (b >> (4 * h)) & 15;
+                        let neg = (s >> h) & 1 == 1;
+                        for i in 0..3 {
+                            let w = W[mag][i];
+                            t[3 * h + i] = (if neg { -w } else { w }) as f32 * scale;
+                        }
+                    }
                 }
-            }
-        }
+            },
+            quote! {
+                for c in 0..g.t / 2 {
+                    let b = d[base + c * BM + r] as usize;
+                    let s = ((d[base + so + (c / 4) * BM + r] >> (2 * (c % 4))) & 3) as usize;
+                    o[6 * c..6 * c + 6].copy_from_slice(&tri[b | (s << 8)]);
+                }
+            },
+        )
     } else {
-        quote! {}
+        (quote! {}, quote! {})
     };
     quote! {
-        /// Dequantize `n x k` weights to f32 (`w * scale`).
+        /// Dequantize `n x k` weights to f32 (`w * scale`) through per-call tables of scaled
+        /// weights (one lookup per index byte).
         ///
         /// # Safety
         /// `data` holds a valid tensor of this format and shape, `out` has room for `n * k`
@@ -427,23 +442,37 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
         pub unsafe fn dequantize(data: *const u8, n: usize, k: usize, out: *mut f32) {
             let g = LutGeometry::new(SPEC, n, k);
             let d = core::slice::from_raw_parts(data, g.codes_bytes() + 4);
-            let c = g.codes_bytes();
-            let scale = f32::from_le_bytes([d[c], d[c + 1], d[c + 2], d[c + 3]]);
-            let kp = g.pair_base() + g.pair_elems;
-            let mut o = vec![0f32; kp];
+            let cb = g.codes_bytes();
+            let scale = f32::from_le_bytes([d[cb], d[cb + 1], d[cb + 2], d[cb + 3]]);
+            // a pair byte -> four scaled weights
+            let mut pair = [[0f32; 4]; 256];
+            for (b, t) in pair.iter_mut().enumerate() {
+                for h in 0..2 {
+                    let idx = (b >> (4 * h)) & 15;
+                    t[2 * h] = PW[idx][0] as f32 * scale;
+                    t[2 * h + 1] = PW[idx][1] as f32 * scale;
+                }
+            }
+            #tri_setup
+            let (pb, so, po) = (g.pair_base(), g.sign_offset(), g.pair_offset());
             let dst = core::slice::from_raw_parts_mut(out, n * k);
             for row in 0..n {
                 let base = (row / BM) * g.tile_bytes;
                 let r = row % BM;
+                let o = &mut dst[row * k..(row + 1) * k];
                 #tri
-                let pb = g.pair_base();
-                for p in 0..g.pair_elems / 2 {
-                    let b = d[base + g.pair_offset() + (p / 2) * BM + r];
-                    let idx = ((b >> (4 * (p % 2))) & 15) as usize;
-                    o[pb + 2 * p] = PW[idx][0] as f32 * scale;
-                    o[pb + 2 * p + 1] = PW[idx][1] as f32 * scale;
+                for c in 0..g.pair_elems / 4 {
+                    let e = pb + 4 * c;
+                    let w = &pair[d[base + po + c * BM + r] as usize];
+                    if e + 4 <= k {
+                        o[e..e + 4].copy_from_slice(w);
+                    } else {
+                        // the padded last chunk: only the elements inside K
+                        for (i, &v) in w.iter().enumerate().take(k - e) {
+                            o[e + i] = v;
+                        }
+                    }
                 }
-                dst[row * k..(row + 1) * k].copy_from_slice(&o[..k]);
             }
         }
     }
