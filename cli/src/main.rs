@@ -16,7 +16,25 @@ enum Cli {
     Bench(cmd::bench::Args),
 }
 
+/// Restore the default SIGPIPE action so `ternforge kernels | head` ends quietly instead of
+/// panicking in `println!` (Rust ignores SIGPIPE by default).
+#[cfg(unix)]
+fn default_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13; // Linux and macOS
+    const SIG_DFL: usize = 0;
+    // SAFETY: `signal` is the C library function with this signature; it is called once at
+    // start-up, before any thread exists, with the default disposition.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     let result = match Cli::parse() {
         Cli::Kernels(a) => cmd::kernels::run(a),
         Cli::Bench(a) => cmd::bench::run(a),
