@@ -2,6 +2,7 @@
 //! file only parses the arguments and dispatches.
 
 mod cmd;
+mod serve;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -14,6 +15,8 @@ enum Cli {
     Kernels(cmd::kernels::Args),
     /// Measure memory bandwidth, int8 peak and every runnable kernel on this machine.
     Bench(cmd::bench::Args),
+    /// OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /health, /metrics.
+    Serve(cmd::serve::Args),
 }
 
 /// Restore the default SIGPIPE action so `ternforge kernels | head` ends quietly instead of
@@ -33,11 +36,16 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Not for the server: a client closing its socket must not kill it.
     #[cfg(unix)]
-    default_sigpipe();
-    let result = match Cli::parse() {
+    if !matches!(cli, Cli::Serve(_)) {
+        default_sigpipe();
+    }
+    let result = match cli {
         Cli::Kernels(a) => cmd::kernels::run(a),
         Cli::Bench(a) => cmd::bench::run(a),
+        Cli::Serve(a) => cmd::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod kernels;
+pub mod serve;
 
 /// Error type of the subcommands.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
