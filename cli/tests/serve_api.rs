@@ -324,3 +324,27 @@ fn context_limits() {
     assert!(sse.body.contains("context_length_exceeded"), "{}", sse.body);
     assert!(sse.next_data().is_none());
 }
+
+#[test]
+fn unusable_model_is_a_clear_error() {
+    let run = |model: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ternforge"))
+            .args(["serve", "--port", "0", "--model"])
+            .arg(model)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ternforge serve");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let dir = std::env::temp_dir().join(format!("ternforge-serve-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = run(&dir.join("missing.gguf"));
+    assert!(missing.contains("not found"), "{missing}");
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a gguf file").unwrap();
+    let err = run(&garbage);
+    assert!(err.contains("garbage.gguf"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,7 @@ mod serve_util;
 
 use serde_json::{json, Value};
 use serve_util::{Server, Sse};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 fn long_stream(s: &Server, max_tokens: u64) -> Sse {

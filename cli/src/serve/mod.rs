@@ -254,3 +254,79 @@ pub async fn serve(listener: TcpListener, opts: ServeOptions, load: Loader) -> R
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    #[test]
+    fn answers_while_loading_and_ready_after() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let loader: Loader = Box::new(move || {
+            go_rx.recv().map_err(|e| e.to_string())?;
+            Ok(Arc::new(dev::DevBackend { context: 64 }) as Arc<dyn GenerationBackend>)
+        });
+        let opts = ServeOptions {
+            model_id: "m".into(),
+            workers: 1,
+            queue: 1,
+            limits: Limits {
+                body_bytes: 1024,
+                max_tokens: 16,
+                default_max_tokens: 4,
+            },
+            shutdown_timeout: Duration::from_secs(1),
+            token_interval: Duration::ZERO,
+        };
+        rt.spawn(serve(listener, opts, loader));
+
+        let (st, body) = http(addr, "GET", "/health", "");
+        assert_eq!(st, 200);
+        assert!(body.contains("\"ready\":false"), "{body}");
+        let (st, body) = http(addr, "GET", "/health/ready", "");
+        assert_eq!(st, 503);
+        assert!(body.contains("loading"), "{body}");
+        let (st, body) = http(addr, "POST", "/v1/completions", r#"{"prompt":"a"}"#);
+        assert_eq!(st, 503);
+        assert!(body.contains("model_loading"), "{body}");
+        assert!(http(addr, "GET", "/metrics", "")
+            .1
+            .contains("ternforge_ready 0\n"));
+
+        go_tx.send(()).unwrap();
+        let t0 = Instant::now();
+        while http(addr, "GET", "/health/ready", "").0 != 200 {
+            assert!(t0.elapsed() < Duration::from_secs(10), "never ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (st, body) = http(addr, "POST", "/v1/completions", r#"{"prompt":"a"}"#);
+        assert_eq!(st, 200, "{body}");
+        assert!(body.contains("\"completion_tokens\":4"), "{body}");
+    }
+}
