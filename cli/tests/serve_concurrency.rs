@@ -87,6 +87,21 @@ fn disconnect_cancels_generation() {
         generated < 60.0,
         "generation was not cut short: {generated} tokens"
     );
+
+    // A non-streaming request whose client hangs up is cancelled as well.
+    let body = json!({"prompt": "count", "max_tokens": 100}).to_string();
+    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(
+        raw,
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.wait_metric("ternforge_in_flight", Duration::from_secs(5), |v| v == 1.0);
+    drop(raw);
+    s.wait_metric("ternforge_in_flight", Duration::from_secs(5), |v| v == 0.0);
+    assert!(s.metric("ternforge_cancelled_total") >= 2.0);
+    assert!(s.metric("ternforge_tokens_generated_total") < 120.0);
 }
 
 #[test]
