@@ -218,6 +218,12 @@ fn looks_like_control(s: &str) -> bool {
     s.len() > 4 && s.starts_with("<|") && s.ends_with("|>")
 }
 
+/// The byte-level (GPT-2 style) vocabulary string of a single byte, as a byte token of a
+/// `gpt2` tokenizer spells it (`b' '` is `"Ġ"`).
+pub fn byte_token(b: u8) -> String {
+    ByteLevel::new().char_of(b).to_string()
+}
+
 impl Tokenizer {
     /// Builds a tokenizer from GGUF tokenizer metadata.
     pub fn from_config(cfg: &TokenizerConfig) -> Result<Tokenizer, TokenizerError> {

@@ -1,0 +1,324 @@
+//! The bitnet-b1.58 forward pass with a KV cache.
+//!
+//! Per layer: RMSNorm·attn_norm → Q, K, V (ternary, int8 per-token activations) → NEOX RoPE →
+//! causal GQA attention over the cache → RMSNorm·attn_sub_norm → O → +residual;
+//! RMSNorm·ffn_norm → gate, up → relu(gate)² · up → RMSNorm·ffn_sub_norm → down → +residual.
+//! Final RMSNorm·output_norm and the (tied) LM head. A prompt of `m` tokens runs as one batch
+//! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
+
+use crate::model::{Embedding, Linear, Model};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt;
+use ternforge::{matmul_prepared, prepare_for, quantize_acts, select_matmul, KernelError};
+
+/// Errors of a forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForwardError {
+    /// The context window is full.
+    ContextFull {
+        ctx: usize,
+        needed: usize,
+    },
+    /// A token id outside the vocabulary.
+    BadToken {
+        id: u32,
+        vocab: usize,
+    },
+    Kernel(KernelError),
+    Empty,
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardError::ContextFull { ctx, needed } => {
+                write!(
+                    f,
+                    "context window of {ctx} tokens exceeded ({needed} needed)"
+                )
+            }
+            ForwardError::BadToken { id, vocab } => {
+                write!(f, "token id {id} is outside the vocabulary of {vocab}")
+            }
+            ForwardError::Kernel(e) => write!(f, "kernel: {e}"),
+            ForwardError::Empty => write!(f, "no tokens to process"),
+        }
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+impl From<KernelError> for ForwardError {
+    fn from(e: KernelError) -> Self {
+        ForwardError::Kernel(e)
+    }
+}
+
+/// `x * w / rms(x)` in place, per row of `d` values.
+pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for row in x.chunks_exact_mut(d) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = *v * inv * g;
+        }
+    }
+}
+
+/// NEOX RoPE: element `i` of the first half pairs with `i + head_dim/2`.
+pub fn rope_neox(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    let half = head_dim / 2;
+    for h in 0..heads {
+        let v = &mut x[h * head_dim..(h + 1) * head_dim];
+        for i in 0..half {
+            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+            let (s, c) = (pos as f32 * freq).sin_cos();
+            let (a, b) = (v[i], v[i + half]);
+            v[i] = a * c - b * s;
+            v[i + half] = a * s + b * c;
+        }
+    }
+}
+
+/// Kernel ids used, with call counts (for receipts).
+pub type KernelCounts = BTreeMap<&'static str, u64>;
+
+/// A generation state: the model, its KV cache and the position.
+pub struct Session<'m, 'a> {
+    pub model: &'m Model<'a>,
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    pos: usize,
+    /// Kernel ids used by this session's matmuls, with call counts.
+    pub kernel_calls: KernelCounts,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    pub fn new(model: &'m Model<'a>) -> Self {
+        let cfg = &model.cfg;
+        Session {
+            model,
+            k_cache: vec![Vec::new(); cfg.n_layer],
+            v_cache: vec![Vec::new(); cfg.n_layer],
+            pos: 0,
+            kernel_calls: KernelCounts::new(),
+        }
+    }
+
+    /// Tokens processed so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Forget the context.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.k_cache.iter_mut().for_each(Vec::clear);
+        self.v_cache.iter_mut().for_each(Vec::clear);
+    }
+
+    /// `y = x · Wᵀ` for the rows of `x` (`m × k`) with one activation quantization shared
+    /// by all `ws` (same input, e.g. Q/K/V); returns one output per weight.
+    fn project(
+        &mut self,
+        x: &[f32],
+        m: usize,
+        ws: &[Linear<'a>],
+    ) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let k = ws[0].w.k();
+        let acts = quantize_acts(x, m, k)?;
+        let mut outs = Vec::with_capacity(ws.len());
+        let mut prepared: Option<(&'static str, ternforge::PreparedActs)> = None;
+        for l in ws {
+            let e = select_matmul(l.w.format(), m)?;
+            if prepared.as_ref().map(|(id, _)| *id) != Some(e.module) {
+                prepared = Some((e.module, prepare_for(e, &acts)?));
+            }
+            let p = &prepared.as_ref().expect("just prepared").1;
+            let mut y = vec![0f32; m * l.w.n()];
+            matmul_prepared(e, &l.w, p, &mut y)?;
+            *self.kernel_calls.entry(e.id).or_default() += 1;
+            outs.push(y);
+        }
+        Ok(outs)
+    }
+
+    /// Run `tokens` through the model; returns the logits of the last one.
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
+        let h = self.forward_hidden(tokens)?;
+        Ok(lm_head(self.model, &h))
+    }
+
+    /// Run `tokens` and return the final normed hidden state of the last token.
+    pub fn forward_hidden(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
+        let model = self.model;
+        let cfg = &model.cfg;
+        let m = tokens.len();
+        if m == 0 {
+            return Err(ForwardError::Empty);
+        }
+        if self.pos + m > cfg.ctx {
+            return Err(ForwardError::ContextFull {
+                ctx: cfg.ctx,
+                needed: self.pos + m,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.vocab) {
+            return Err(ForwardError::BadToken {
+                id,
+                vocab: cfg.vocab,
+            });
+        }
+        let (d, hd, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let kvd = cfg.kv_dim();
+        let mut x = vec![0f32; m * d];
+        for (t, &id) in tokens.iter().enumerate() {
+            model
+                .embedding
+                .row(id as usize, d, &mut x[t * d..(t + 1) * d]);
+        }
+        for (li, layer) in model.layers.iter().enumerate() {
+            // attention
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.attn_norm, cfg.eps);
+            let mut qkv = self.project(&h, m, &[layer.q, layer.k, layer.v])?;
+            let v = qkv.pop().expect("v");
+            let mut k = qkv.pop().expect("k");
+            let mut q = qkv.pop().expect("q");
+            for t in 0..m {
+                rope_neox(
+                    &mut q[t * d..(t + 1) * d],
+                    nh,
+                    hd,
+                    self.pos + t,
+                    cfg.rope_theta,
+                );
+                rope_neox(
+                    &mut k[t * kvd..(t + 1) * kvd],
+                    nkv,
+                    hd,
+                    self.pos + t,
+                    cfg.rope_theta,
+                );
+            }
+            self.k_cache[li].extend_from_slice(&k);
+            self.v_cache[li].extend_from_slice(&v);
+            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
+            let pos0 = self.pos;
+            let group = nh / nkv;
+            let scale = 1.0 / (hd as f32).sqrt();
+            // per (token, head): softmax(q·K / sqrt(hd)) · V over positions 0..=pos
+            let mut att = vec![0f32; m * d];
+            att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
+                let (t, head) = (idx / nh, idx % nh);
+                let kvh = head / group;
+                let qv = &q[t * d + head * hd..t * d + (head + 1) * hd];
+                let n_pos = pos0 + t + 1;
+                let mut scores: Vec<f32> = (0..n_pos)
+                    .map(|p| {
+                        let kv = &kc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                        qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                    })
+                    .collect();
+                let mx = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - mx).exp();
+                    sum += *s;
+                }
+                out.fill(0.0);
+                for (p, s) in scores.iter().enumerate() {
+                    let w = s / sum;
+                    let vv = &vc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                    for (o, v) in out.iter_mut().zip(vv) {
+                        *o += w * v;
+                    }
+                }
+            });
+            rms_norm(&mut att, &layer.attn_sub_norm, cfg.eps);
+            let o = self.project(&att, m, &[layer.o])?.pop().expect("o");
+            for (a, b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            // feed-forward
+            let mut h = x.clone();
+            rms_norm(&mut h, &layer.ffn_norm, cfg.eps);
+            let mut gu = self.project(&h, m, &[layer.gate, layer.up])?;
+            let up = gu.pop().expect("up");
+            let mut act = gu.pop().expect("gate");
+            for (g, u) in act.iter_mut().zip(&up) {
+                let r = g.max(0.0);
+                *g = r * r * u;
+            }
+            rms_norm(&mut act, &layer.ffn_sub_norm, cfg.eps);
+            let down = self.project(&act, m, &[layer.down])?.pop().expect("down");
+            for (a, b) in x.iter_mut().zip(&down) {
+                *a += b;
+            }
+        }
+        self.pos += m;
+        let mut last = x[(m - 1) * d..].to_vec();
+        rms_norm(&mut last, &model.output_norm, cfg.eps);
+        Ok(last)
+    }
+}
+
+/// Logits `E · h` over the vocabulary (rows of the LM head in parallel).
+pub fn lm_head(model: &Model<'_>, h: &[f32]) -> Vec<f32> {
+    let d = model.cfg.n_embd;
+    let mut logits = vec![0f32; model.cfg.vocab];
+    let head = model.lm_head();
+    logits.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
+        let mut row = vec![0f32; d];
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = c * 256 + i;
+            match head {
+                Embedding::F16(b) => match f16_view(&b[r * d * 2..(r + 1) * d * 2]) {
+                    // F16C/NEON bulk conversion
+                    Some(src) => {
+                        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, &mut row)
+                    }
+                    None => head.row(r, d, &mut row),
+                },
+                Embedding::F32(_) => head.row(r, d, &mut row),
+            }
+            *o = dot(&row, h);
+        }
+    });
+    logits
+}
+
+/// Eight-lane dot product (vectorises).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// View little-endian f16 bytes as `half::f16` values without copying (`None` when the
+/// bytes are not 2-aligned, e.g. a GGUF file with alignment 1).
+fn f16_view(b: &[u8]) -> Option<&[half::f16]> {
+    if !b.len().is_multiple_of(2)
+        || !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<half::f16>())
+        || cfg!(target_endian = "big")
+    {
+        return None;
+    }
+    // SAFETY: f16 is a 2-byte plain-old-data type with no invalid bit patterns; the pointer
+    // is 2-aligned and the length even (both checked), the bytes are little-endian like the
+    // host, and the result borrows the input.
+    Some(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const half::f16, b.len() / 2) })
+}
