@@ -1,6 +1,7 @@
 //! `ternforge serve`: OpenAI-compatible HTTP server over one model (see `crate::serve`).
 
 use super::Error;
+use crate::serve::engine::EngineBackend;
 use crate::serve::{self, Limits, Loader, ServeOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// GGUF model file.
-    #[arg(long, value_name = "FILE", required_unless_present = "dev_backend")]
-    model: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -43,9 +44,6 @@ pub struct Args {
     /// simulates a slower model for client and load testing.
     #[arg(long, default_value_t = 0)]
     token_interval_ms: u64,
-    /// Serve the byte-level development backend instead of a model (context length given).
-    #[arg(long, hide = true, value_name = "CONTEXT")]
-    dev_backend: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
@@ -55,31 +53,19 @@ pub fn run(a: Args) -> Result<(), Error> {
     if a.max_body == 0 || a.max_tokens_limit == 0 || a.default_max_tokens == 0 {
         return Err("--max-body, --max-tokens-limit and --default-max-tokens must be >= 1".into());
     }
+    if !a.model.is_file() {
+        return Err(format!("model file {} not found", a.model.display()).into());
+    }
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         a.model
-            .as_ref()
-            .and_then(|p| p.file_stem())
+            .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "dev".into())
+            .unwrap_or_else(|| "model".into())
     });
-    let loader: Loader = match (a.dev_backend, a.model.clone()) {
-        (Some(ctx), _) => Box::new(move || {
-            Ok(Arc::new(serve::dev::DevBackend { context: ctx })
-                as Arc<dyn serve::GenerationBackend>)
-        }),
-        (None, Some(path)) => {
-            if !path.is_file() {
-                return Err(format!("model file {} not found", path.display()).into());
-            }
-            Box::new(move || {
-                Err(format!(
-                    "cannot load {}: the engine's forward pass is not available in this build",
-                    path.display()
-                ))
-            })
-        }
-        (None, None) => return Err("--model is required".into()),
-    };
+    let path = a.model.clone();
+    let loader: Loader = Box::new(move || {
+        EngineBackend::load(&path).map(|b| Arc::new(b) as Arc<dyn serve::GenerationBackend>)
+    });
     let opts = ServeOptions {
         model_id,
         workers: a.parallel as usize,

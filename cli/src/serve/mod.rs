@@ -14,7 +14,7 @@
 
 pub mod api;
 pub mod backend;
-pub mod dev;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod queue;
@@ -288,9 +288,20 @@ mod tests {
         let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let path =
+            std::env::temp_dir().join(format!("ternforge-serve-unit-{}.gguf", std::process::id()));
+        let bytes = ternforge_engine::synth::synthesize(
+            ternforge_engine::synth::Shape::TINY,
+            ternforge::Format::I2S,
+            1,
+        )
+        .unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        let model_path = path.clone();
         let loader: Loader = Box::new(move || {
             go_rx.recv().map_err(|e| e.to_string())?;
-            Ok(Arc::new(dev::DevBackend { context: 64 }) as Arc<dyn GenerationBackend>)
+            let b = engine::EngineBackend::load(&model_path)?;
+            Ok(Arc::new(b) as Arc<dyn GenerationBackend>)
         });
         let opts = ServeOptions {
             model_id: "m".into(),
@@ -327,6 +338,7 @@ mod tests {
         }
         let (st, body) = http(addr, "POST", "/v1/completions", r#"{"prompt":"a"}"#);
         assert_eq!(st, 200, "{body}");
-        assert!(body.contains("\"completion_tokens\":4"), "{body}");
+        assert!(body.contains("\"usage\""), "{body}");
+        let _ = std::fs::remove_file(&path);
     }
 }

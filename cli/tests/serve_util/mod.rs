@@ -6,8 +6,12 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use ternforge::Format;
+use ternforge_engine::synth::{synthesize, Shape};
 
 /// A running server process, killed on drop.
 pub struct Server {
@@ -15,9 +19,33 @@ pub struct Server {
     pub addr: SocketAddr,
 }
 
+/// The engine's synthesized tiny model (2 layers, byte-level vocabulary, context 512),
+/// synthesized by the engine API into the temp directory.
+pub fn tiny_model() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        // Shared by every test binary and run: same bytes each time (fixed seed); written
+        // to a private name first so a concurrent reader never sees half a file.
+        let dir = std::env::temp_dir().join("ternforge-serve-tests");
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("tiny-i2s-seed7.gguf");
+        let bytes = synthesize(Shape::TINY, Format::I2S, 7).expect("synthesize tiny model");
+        if std::fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+            let tmp = dir.join(format!("tiny-{}.tmp", std::process::id()));
+            std::fs::write(&tmp, &bytes).expect("write tiny model");
+            std::fs::rename(&tmp, &path).expect("rename tiny model");
+        }
+        path
+    })
+    .clone()
+}
+
 /// Arguments that select the model of the tests.
 pub fn model_args() -> Vec<String> {
-    vec!["--dev-backend".into(), "512".into()]
+    vec![
+        "--model".into(),
+        tiny_model().to_string_lossy().into_owned(),
+    ]
 }
 
 impl Server {
