@@ -7,6 +7,16 @@
 //! - [`routes`]: the handlers; [`api`]: request bodies; [`error`]: JSON errors;
 //! - [`metrics`]: counters and Prometheus text.
 //!
+//! Endpoints:
+//! - `GET /health` (liveness, always 200), `GET /health/ready` (200 once the model is loaded,
+//!   503 while loading or shutting down), `GET /metrics` (Prometheus text);
+//! - `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (OpenAI bodies;
+//!   `stream: true` answers with server-sent events ending in `data: [DONE]`; extensions
+//!   `top_k` and `repetition_penalty`).
+//!
+//! Errors are `{"error": {"message", "type", "code"}}`: 400 bad JSON / values / prompt too
+//! long for the context, 413 body too large, 429 queue full, 503 loading or shutting down.
+//!
 //! The server listens before the model is loaded: `/health` answers at once,
 //! `/health/ready` says 503 until the model is in, generation endpoints answer 503 meanwhile.
 //! On SIGINT/SIGTERM it stops accepting, lets running and queued generations finish for

@@ -80,6 +80,16 @@ impl JobQueue {
         self.capacity
     }
 
+    /// Whether a push right now would be refused as full (a hint: the queue may change).
+    pub fn is_full(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .len()
+            >= self.capacity
+    }
+
     /// Enqueues a job without waiting; returns the job's registry id.
     pub fn try_push(&self, job: Job) -> Result<u64, PushError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

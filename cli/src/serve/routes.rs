@@ -206,6 +206,13 @@ async fn generate(
     let backend = st.backend.get().cloned().ok_or_else(|| {
         ApiError::unavailable("model_loading", "the model is still loading; retry later")
     })?;
+    // Refuse at once when the queue is already full, before spending time on tokenizing.
+    if st.queue.is_full() {
+        st.metrics
+            .rejected_queue_full
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::queue_full(st.queue.capacity()));
+    }
     // Tokenizing can take a while for long prompts: off the async threads.
     let enc_backend = backend.clone();
     let tokens = tokio::task::spawn_blocking(move || enc_backend.encode_prompt(&prompt))
