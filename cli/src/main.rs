@@ -14,6 +14,12 @@ enum Cli {
     Kernels(cmd::kernels::Args),
     /// Measure memory bandwidth, int8 peak and every runnable kernel on this machine.
     Bench(cmd::bench::Args),
+    /// Generate text with a BitNet b1.58 GGUF model (default: a synthesized tiny model).
+    Run(cmd::run::Args),
+    /// Write a random-weight model with real BitNet b1.58 shapes.
+    Synth(cmd::synth::Args),
+    /// Show a GGUF model's metadata and tensors.
+    Inspect(cmd::inspect::Args),
 }
 
 /// Restore the default SIGPIPE action so `ternforge kernels | head` ends quietly instead of
@@ -38,6 +44,9 @@ fn main() -> ExitCode {
     let result = match Cli::parse() {
         Cli::Kernels(a) => cmd::kernels::run(a),
         Cli::Bench(a) => cmd::bench::run(a),
+        Cli::Run(a) => cmd::run::run(a),
+        Cli::Synth(a) => cmd::synth::run(a),
+        Cli::Inspect(a) => cmd::inspect::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
