@@ -20,6 +20,8 @@ enum Cli {
     Synth(cmd::synth::Args),
     /// Show a GGUF model's metadata and tensors.
     Inspect(cmd::inspect::Args),
+    /// Check run receipts.
+    Receipt(cmd::receipt::Args),
 }
 
 /// Restore the default SIGPIPE action so `ternforge kernels | head` ends quietly instead of
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Cli::Run(a) => cmd::run::run(a),
         Cli::Synth(a) => cmd::synth::run(a),
         Cli::Inspect(a) => cmd::inspect::run(a),
+        Cli::Receipt(a) => cmd::receipt::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

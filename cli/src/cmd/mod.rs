@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod inspect;
 pub mod kernels;
+pub mod receipt;
 pub mod run;
 pub mod synth;
 

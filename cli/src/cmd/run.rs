@@ -51,6 +51,9 @@ pub struct Args {
     /// Threads (default: all cores).
     #[arg(long, short)]
     pub threads: Option<usize>,
+    /// Write a JSON receipt (model hash, formats, kernels, CPU, timings) to this file.
+    #[arg(long)]
+    pub receipt: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
@@ -114,6 +117,45 @@ pub fn run(a: Args) -> Result<(), Error> {
     })?;
     drop(out);
     println!();
+    if let Some(path) = &a.receipt {
+        let (sha, nbytes) = match &a.model {
+            Some(p) => super::receipt::sha256_file(p)?,
+            None => (super::receipt::sha256_bytes(bytes), bytes.len() as u64),
+        };
+        let r = super::receipt::Receipt {
+            schema: super::receipt::SCHEMA.into(),
+            ternforge_version: env!("CARGO_PKG_VERSION").into(),
+            model_path: a.model.as_ref().map(|p| p.display().to_string()),
+            model_sha256: sha,
+            model_bytes: nbytes,
+            architecture: m.cfg.arch.clone(),
+            tensor_formats: m
+                .tensor_formats()
+                .into_iter()
+                .map(|(n, f)| (n.to_string(), f.name().to_string()))
+                .collect(),
+            kernels: s
+                .kernel_calls
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            cpu_features: ternforge::cpu::feature_names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            compiled_isas: ternforge::COMPILED_ISAS.into(),
+            build_features: ternforge::BUILD_FEATURES.into(),
+            threads: rayon::current_num_threads(),
+            prompt_tokens: g.prompt_tokens,
+            generated_tokens: g.tokens.len(),
+            finish_reason: format!("{:?}", g.finish),
+            prefill_seconds: g.prefill.as_secs_f64(),
+            decode_seconds: g.decode.as_secs_f64(),
+            prefill_tokens_per_second: g.prefill_tps(),
+            decode_tokens_per_second: g.decode_tps(),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)?;
+    }
     eprintln!(
         "ternforge: {} prompt tokens at {:.1} tok/s, {} generated at {:.2} tok/s ({:?}); kernels: {}",
         g.prompt_tokens,
