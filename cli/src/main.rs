@@ -16,6 +16,8 @@ enum Cli {
     Bench(cmd::bench::Args),
     /// Generate text with a BitNet b1.58 GGUF model (default: a synthesized tiny model).
     Run(cmd::run::Args),
+    /// Interactive chat with an instruct model (its chat template, KV cache across turns).
+    Chat(cmd::chat::Args),
     /// Write a random-weight model with real BitNet b1.58 shapes.
     Synth(cmd::synth::Args),
     /// Show a GGUF model's metadata and tensors.
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Cli::Kernels(a) => cmd::kernels::run(a),
         Cli::Bench(a) => cmd::bench::run(a),
         Cli::Run(a) => cmd::run::run(a),
+        Cli::Chat(a) => cmd::chat::run(a),
         Cli::Synth(a) => cmd::synth::run(a),
         Cli::Inspect(a) => cmd::inspect::run(a),
         Cli::Receipt(a) => cmd::receipt::run(a),
