@@ -15,6 +15,16 @@ enum Cli {
     Kernels(cmd::kernels::Args),
     /// Measure memory bandwidth, int8 peak and every runnable kernel on this machine.
     Bench(cmd::bench::Args),
+    /// Generate text with a BitNet b1.58 GGUF model (default: a synthesized tiny model).
+    Run(cmd::run::Args),
+    /// Interactive chat with an instruct model (its chat template, KV cache across turns).
+    Chat(cmd::chat::Args),
+    /// Write a random-weight model with real BitNet b1.58 shapes.
+    Synth(cmd::synth::Args),
+    /// Show a GGUF model's metadata and tensors.
+    Inspect(cmd::inspect::Args),
+    /// Check run receipts.
+    Receipt(cmd::receipt::Args),
     /// OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /health, /metrics.
     Serve(cmd::serve::Args),
 }
@@ -45,6 +55,11 @@ fn main() -> ExitCode {
     let result = match cli {
         Cli::Kernels(a) => cmd::kernels::run(a),
         Cli::Bench(a) => cmd::bench::run(a),
+        Cli::Run(a) => cmd::run::run(a),
+        Cli::Chat(a) => cmd::chat::run(a),
+        Cli::Synth(a) => cmd::synth::run(a),
+        Cli::Inspect(a) => cmd::inspect::run(a),
+        Cli::Receipt(a) => cmd::receipt::run(a),
         Cli::Serve(a) => cmd::serve::run(a),
     };
     match result {

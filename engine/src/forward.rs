@@ -6,7 +6,7 @@
 //! Final RMSNorm·output_norm and the (tied) LM head. A prompt of `m` tokens runs as one batch
 //! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
 
-use crate::model::{Embedding, Linear, Model};
+use crate::model::{Linear, Model};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -148,7 +148,7 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Run `tokens` through the model; returns the logits of the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
         let h = self.forward_hidden(tokens)?;
-        Ok(lm_head(self.model, &h))
+        Ok(crate::lm_head::logits(self.model, &h))
     }
 
     /// Run `tokens` and return the final normed hidden state of the last token.
@@ -263,62 +263,4 @@ impl<'m, 'a> Session<'m, 'a> {
         rms_norm(&mut last, &model.output_norm, cfg.eps);
         Ok(last)
     }
-}
-
-/// Logits `E · h` over the vocabulary (rows of the LM head in parallel).
-pub fn lm_head(model: &Model<'_>, h: &[f32]) -> Vec<f32> {
-    let d = model.cfg.n_embd;
-    let mut logits = vec![0f32; model.cfg.vocab];
-    let head = model.lm_head();
-    logits.par_chunks_mut(256).enumerate().for_each(|(c, out)| {
-        let mut row = vec![0f32; d];
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = c * 256 + i;
-            match head {
-                Embedding::F16(b) => match f16_view(&b[r * d * 2..(r + 1) * d * 2]) {
-                    // F16C/NEON bulk conversion
-                    Some(src) => {
-                        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, &mut row)
-                    }
-                    None => head.row(r, d, &mut row),
-                },
-                Embedding::F32(_) => head.row(r, d, &mut row),
-            }
-            *o = dot(&row, h);
-        }
-    });
-    logits
-}
-
-/// Eight-lane dot product (vectorises).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// View little-endian f16 bytes as `half::f16` values without copying (`None` when the
-/// bytes are not 2-aligned, e.g. a GGUF file with alignment 1).
-fn f16_view(b: &[u8]) -> Option<&[half::f16]> {
-    if !b.len().is_multiple_of(2)
-        || !(b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<half::f16>())
-        || cfg!(target_endian = "big")
-    {
-        return None;
-    }
-    // SAFETY: f16 is a 2-byte plain-old-data type with no invalid bit patterns; the pointer
-    // is 2-aligned and the length even (both checked), the bytes are little-endian like the
-    // host, and the result borrows the input.
-    Some(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const half::f16, b.len() / 2) })
 }

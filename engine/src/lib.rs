@@ -5,6 +5,7 @@ pub mod chat;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod lm_head;
 pub mod model;
 pub mod sample;
 pub mod synth;

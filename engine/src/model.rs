@@ -397,3 +397,39 @@ impl<'a> Model<'a> {
             .collect()
     }
 }
+
+/// The tokenizer described by a GGUF file's `tokenizer.*` metadata.
+pub fn tokenizer<D: AsRef<[u8]>>(g: &Gguf<D>) -> Result<crate::tokenizer::Tokenizer, ModelError> {
+    use crate::tokenizer::{Tokenizer, TokenizerConfig};
+    let s = |k: &str| g.get_str(k).map(str::to_string).map_err(|e| meta(k, e));
+    let opt_u32 = |k: &str| g.get(k).and_then(|_| g.get_u32(k).ok());
+    let cfg = TokenizerConfig {
+        model: s("tokenizer.ggml.model")?,
+        pre: g.get_str("tokenizer.ggml.pre").ok().map(str::to_string),
+        tokens: g
+            .get_str_array("tokenizer.ggml.tokens")
+            .map_err(|e| meta("tokenizer.ggml.tokens", e))?
+            .to_vec(),
+        merges: match g.get("tokenizer.ggml.merges") {
+            Some(_) => g
+                .get_str_array("tokenizer.ggml.merges")
+                .map_err(|e| meta("tokenizer.ggml.merges", e))?
+                .to_vec(),
+            None => Vec::new(),
+        },
+        token_types: g
+            .get_i32_array("tokenizer.ggml.token_type")
+            .ok()
+            .map(<[i32]>::to_vec),
+        bos_token_id: opt_u32("tokenizer.ggml.bos_token_id"),
+        eos_token_id: opt_u32("tokenizer.ggml.eos_token_id"),
+        eot_token_id: opt_u32("tokenizer.ggml.eot_token_id"),
+        eom_token_id: opt_u32("tokenizer.ggml.eom_token_id"),
+        add_bos_token: g.get_bool("tokenizer.ggml.add_bos_token").ok(),
+        chat_template: g
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .map(str::to_string),
+    };
+    Tokenizer::from_config(&cfg).map_err(|e| meta("tokenizer.ggml.*", e))
+}

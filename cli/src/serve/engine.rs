@@ -12,7 +12,7 @@ use ternforge_engine::generate::{self, GenerateParams};
 use ternforge_engine::gguf::GgufFile;
 use ternforge_engine::model::{self, Model};
 use ternforge_engine::sample::SamplerConfig;
-use ternforge_engine::tokenizer::{Tokenizer, TokenizerConfig};
+use ternforge_engine::tokenizer::Tokenizer;
 
 /// A loaded model. The memory-mapped file is leaked on purpose: the server serves one model
 /// for the life of the process and every worker borrows the weights from it.
@@ -24,49 +24,19 @@ pub struct EngineBackend {
     add_bos: bool,
 }
 
-/// Tokenizer settings from the GGUF `tokenizer.*` metadata.
-fn tokenizer_config(g: &GgufFile) -> Result<TokenizerConfig, String> {
-    let req = |k: &str| g.get_str(k).map(str::to_string).map_err(|e| e.to_string());
-    Ok(TokenizerConfig {
-        model: req("tokenizer.ggml.model")?,
-        pre: g.get_str("tokenizer.ggml.pre").ok().map(str::to_string),
-        tokens: g
-            .get_str_array("tokenizer.ggml.tokens")
-            .map_err(|e| e.to_string())?
-            .to_vec(),
-        merges: g
-            .get_str_array("tokenizer.ggml.merges")
-            .map(<[String]>::to_vec)
-            .unwrap_or_default(),
-        token_types: g
-            .get_i32_array("tokenizer.ggml.token_type")
-            .ok()
-            .map(<[i32]>::to_vec),
-        bos_token_id: g.get_u32("tokenizer.ggml.bos_token_id").ok(),
-        eos_token_id: g.get_u32("tokenizer.ggml.eos_token_id").ok(),
-        eot_token_id: g.get_u32("tokenizer.ggml.eot_token_id").ok(),
-        eom_token_id: g.get_u32("tokenizer.ggml.eom_token_id").ok(),
-        add_bos_token: g.get_bool("tokenizer.ggml.add_bos_token").ok(),
-        chat_template: g
-            .get_str("tokenizer.chat_template")
-            .ok()
-            .map(str::to_string),
-    })
-}
-
 impl EngineBackend {
     /// Opens and checks a GGUF model file.
     pub fn load(path: &Path) -> Result<EngineBackend, String> {
         let at = |e: &dyn std::fmt::Display| format!("cannot load {}: {e}", path.display());
         let file = model::open(path).map_err(|e| at(&e))?;
-        let tcfg = tokenizer_config(&file).map_err(|e| at(&e))?;
-        let tokenizer = Tokenizer::from_config(&tcfg).map_err(|e| at(&e))?;
+        let tokenizer = model::tokenizer(&file).map_err(|e| at(&e))?;
+        let template = ChatTemplate::detect(file.get_str("tokenizer.chat_template").ok());
         let file: &'static GgufFile = Box::leak(Box::new(file));
         let model = Model::load(file).map_err(|e| at(&e))?;
         Ok(EngineBackend {
-            template: ChatTemplate::detect(tcfg.chat_template.as_deref()),
+            template,
             stop_ids: tokenizer.stop_ids(),
-            add_bos: tokenizer.bos_id().is_some() && tcfg.add_bos_token.unwrap_or(true),
+            add_bos: tokenizer.bos_id().is_some() && tokenizer.add_bos_token(),
             model,
             tokenizer,
         })
