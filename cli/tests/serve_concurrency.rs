@@ -202,10 +202,31 @@ fn sigterm_cancels_what_outlives_the_timeout() {
     let mut sse = long_stream(&s, 100);
     assert!(sse.next_data().is_some());
     let reader = std::thread::spawn(move || sse.collect());
+    // A second request waits in the queue behind the first.
+    let addr = s.addr;
+    let queued = std::thread::spawn(move || {
+        serve_util::request(
+            addr,
+            "POST",
+            "/v1/completions",
+            Some(
+                json!({"prompt": "q", "max_tokens": 50})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+    });
+    s.wait_metric("ternforge_queue_depth", Duration::from_secs(10), |v| {
+        v == 1.0
+    });
     let t0 = Instant::now();
     let status = s.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     let rest = reader.join().unwrap();
     assert!(rest.len() < 60, "generation was not cancelled: {rest:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+    let q = queued.join().unwrap();
+    assert_eq!(q.status, 503, "{}", q.body);
+    assert_eq!(q.json()["error"]["code"], "cancelled");
 }

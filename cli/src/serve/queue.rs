@@ -4,7 +4,7 @@
 //! wait): a full queue is refused at once. Workers block on a condition variable. Results
 //! travel back over an unbounded tokio channel, so a worker never waits for a client either.
 
-use super::backend::{GenError, GenOutcome, GenRequest, GenerationBackend};
+use super::backend::{FinishReason, GenError, GenOutcome, GenRequest, GenerationBackend};
 use super::metrics::Metrics;
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -188,9 +188,10 @@ fn run_job(job: Job, backend: &dyn GenerationBackend, metrics: &Metrics, interva
     if cancel.load(Ordering::Relaxed) || events.send(JobEvent::Started).is_err() {
         // Client gone (or server giving up) while the job waited: nothing to do.
         metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-        let _ = events.send(JobEvent::Done(Err(GenError::Internal(
-            "cancelled before start".into(),
-        ))));
+        let _ = events.send(JobEvent::Done(Ok(GenOutcome {
+            completion_tokens: 0,
+            finish_reason: FinishReason::Cancelled,
+        })));
         return;
     }
     metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +232,7 @@ fn run_job(job: Job, backend: &dyn GenerationBackend, metrics: &Metrics, interva
             .tokens_generated
             .fetch_add(outcome.completion_tokens as u64, Ordering::Relaxed);
         metrics.record_generation(outcome.completion_tokens, secs);
-        if outcome.finish_reason == super::backend::FinishReason::Cancelled {
+        if outcome.finish_reason == FinishReason::Cancelled {
             metrics.cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
