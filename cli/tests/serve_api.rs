@@ -348,3 +348,33 @@ fn unusable_model_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sampling_params_reach_the_sampler() {
+    let s = Server::start(&[]);
+    let ask = |extra: Value| {
+        let mut b = json!({"prompt": "Sampling", "max_tokens": 24});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let v = completion(&s, b);
+        let u = v["usage"]["completion_tokens"].as_u64().unwrap();
+        (text_of(&v), u)
+    };
+    let greedy = ask(json!({"temperature": 0}));
+    // top_k = 1 (extension) makes sampling at any temperature greedy.
+    assert_eq!(
+        ask(json!({"temperature": 1.5, "top_k": 1, "seed": 9})),
+        greedy
+    );
+    // A seed makes sampling reproducible; different seeds give different samples.
+    let a = ask(json!({"temperature": 1.0, "seed": 42}));
+    assert_eq!(ask(json!({"temperature": 1.0, "seed": 42})), a);
+    let others: Vec<_> = (1..4)
+        .map(|seed| ask(json!({"temperature": 1.0, "seed": seed})))
+        .collect();
+    assert!(others.iter().any(|o| *o != a), "seeds ignored: {a:?}");
+    // A strong repetition penalty (extension) changes the greedy continuation.
+    let penalized = ask(json!({"temperature": 0, "repetition_penalty": 50.0}));
+    assert_ne!(penalized, greedy);
+}
