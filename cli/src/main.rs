@@ -19,6 +19,8 @@ enum Cli {
     Run(cmd::run::Args),
     /// Interactive chat with an instruct model (its chat template, KV cache across turns).
     Chat(cmd::chat::Args),
+    /// Convert a GGUF model's projections to a ternary format (f32/f16 via absmean).
+    Convert(cmd::convert::Args),
     /// Write a random-weight model with real BitNet b1.58 shapes.
     Synth(cmd::synth::Args),
     /// Show a GGUF model's metadata and tensors.
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Cli::Bench(a) => cmd::bench::run(a),
         Cli::Run(a) => cmd::run::run(a),
         Cli::Chat(a) => cmd::chat::run(a),
+        Cli::Convert(a) => cmd::convert::run(a),
         Cli::Synth(a) => cmd::synth::run(a),
         Cli::Inspect(a) => cmd::inspect::run(a),
         Cli::Receipt(a) => cmd::receipt::run(a),

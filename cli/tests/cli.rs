@@ -105,3 +105,52 @@ fn bad_inputs_are_clear_errors() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("unknown ISA"));
 }
+
+#[test]
+fn convert_between_formats_keeps_the_tokens() {
+    let src = tmp("conv-src.gguf");
+    assert!(bin()
+        .args(["synth", "--format", "i2s", "--seed", "9", "--out"])
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let run = |p: &std::path::Path| {
+        let o = bin()
+            .args(["run", "-n", "12", "-p", "xyz", "--model"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let want = run(&src);
+    let mut prev = src.clone();
+    for f in ["tq1_0", "tl2", "qk256", "i2s"] {
+        let out = tmp(&format!("conv-{f}.gguf"));
+        let o = bin()
+            .args(["convert", "--format", f, "--in"])
+            .arg(&prev)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(run(&out), want, "after converting to {f}");
+        prev = out;
+    }
+    // an unknown target format is an error, and nothing is written
+    let out = tmp("conv-bad.gguf");
+    let o = bin()
+        .args(["convert", "--format", "q4_0", "--in"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && !out.exists());
+}

@@ -6,7 +6,7 @@
 //! Final RMSNorm·output_norm and the (tied) LM head. A prompt of `m` tokens runs as one batch
 //! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
 
-use crate::model::{Linear, Model};
+use crate::model::{FfnAct, Linear, Model};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -139,6 +139,9 @@ impl<'m, 'a> Session<'m, 'a> {
             let p = &prepared.as_ref().expect("just prepared").1;
             let mut y = vec![0f32; m * l.w.n()];
             matmul_prepared(e, &l.w, p, &mut y)?;
+            if let Some(sc) = l.scale {
+                y.iter_mut().for_each(|v| *v *= sc);
+            }
             *self.kernel_calls.entry(e.id).or_default() += 1;
             outs.push(y);
         }
@@ -248,9 +251,15 @@ impl<'m, 'a> Session<'m, 'a> {
             let mut gu = self.project(&h, m, &[layer.gate, layer.up])?;
             let up = gu.pop().expect("up");
             let mut act = gu.pop().expect("gate");
-            for (g, u) in act.iter_mut().zip(&up) {
-                let r = g.max(0.0);
-                *g = r * r * u;
+            match cfg.ffn_act {
+                FfnAct::Relu2 => act.iter_mut().zip(&up).for_each(|(g, u)| {
+                    let r = g.max(0.0);
+                    *g = r * r * u;
+                }),
+                FfnAct::Silu => act
+                    .iter_mut()
+                    .zip(&up)
+                    .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
             }
             rms_norm(&mut act, &layer.ffn_sub_norm, cfg.eps);
             let down = self.project(&act, m, &[layer.down])?.pop().expect("down");

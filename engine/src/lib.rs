@@ -2,6 +2,7 @@
 //! generated kernels, sampling and generation.
 
 pub mod chat;
+pub mod convert;
 pub mod forward;
 pub mod generate;
 pub mod gguf;

@@ -63,6 +63,16 @@ pub struct Config {
     pub rope_theta: f32,
     pub eps: f32,
     pub ctx: usize,
+    /// FFN gate activation: `relu(g)^2` for bitnet-b1.58 / bitnet-25 (2B4T), `silu(g)` for
+    /// llama.cpp's `bitnet` architecture (1bitLLM models).
+    pub ffn_act: FfnAct,
+}
+
+/// The FFN gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    Relu2,
+    Silu,
 }
 
 impl Config {
@@ -116,6 +126,11 @@ impl Config {
                 .get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
             ctx: u("context_length").unwrap_or(4096),
+            ffn_act: if arch == "bitnet" {
+                FfnAct::Silu
+            } else {
+                FfnAct::Relu2
+            },
             arch,
         };
         cfg.validate()?;
@@ -203,6 +218,8 @@ pub fn open(path: impl AsRef<Path>) -> Result<crate::gguf::GgufFile, ModelError>
 pub struct Linear<'a> {
     pub name: &'a str,
     pub w: PackedWeights<'a>,
+    /// Output multiplier from a `<name>.scale` tensor (llama.cpp `bitnet` files).
+    pub scale: Option<f32>,
 }
 
 /// The token embedding / tied LM head.
@@ -323,7 +340,26 @@ impl<'a> Model<'a> {
                 .find(|i| i.name == name)
                 .map(|i| i.name.as_str())
                 .unwrap_or("");
-            Ok(Linear { name, w })
+            let scale_name = name.trim_end_matches(".weight").to_string() + ".scale";
+            let scale = match g.tensor(&scale_name) {
+                None => None,
+                Some(t) if t.ty == TensorType::F32 && t.data.len() == 4 => {
+                    Some(f32::from_le_bytes([
+                        t.data[0], t.data[1], t.data[2], t.data[3],
+                    ]))
+                }
+                Some(t) => {
+                    return Err(tensor(
+                        &scale_name,
+                        format!(
+                            "type {} with {} bytes, expected one F32",
+                            t.ty.name(),
+                            t.data.len()
+                        ),
+                    ))
+                }
+            };
+            Ok(Linear { name, w, scale })
         };
         let embedding = |name: &str| -> Result<Option<Embedding<'a>>, ModelError> {
             let Some(t) = g.tensor(name) else {

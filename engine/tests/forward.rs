@@ -283,3 +283,48 @@ fn malformed_models_are_errors_naming_the_tensor() {
         "{err}"
     );
 }
+
+#[test]
+fn f32_models_convert_by_absmean() {
+    use ternforge_engine::gguf::{GgufWriter, TensorType};
+    // an f32 model: the synthesized projections with noise added
+    let bytes = synthesize(Shape::TINY, Format::I2S, 4).unwrap();
+    let g = load(&bytes);
+    let mut w = GgufWriter::new();
+    for (k, v) in g
+        .metadata()
+        .iter()
+        .filter(|(k, _)| *k != "general.alignment")
+    {
+        w.add_kv(k, v.clone()).unwrap();
+    }
+    for t in g.tensors() {
+        if t.ty == TensorType::I2_S {
+            let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+            let v = reference::dequantize(
+                Format::I2S.spec(),
+                &t.data[..Format::I2S.tensor_bytes(n, k).unwrap()],
+                n,
+                k,
+            );
+            let noisy: Vec<u8> = v
+                .iter()
+                .enumerate()
+                .flat_map(|(i, x)| (x * 1.3 + ((i % 7) as f32 - 3.0) * 0.01).to_le_bytes())
+                .collect();
+            w.add_tensor(t.name, t.dims, TensorType::F32, noisy)
+                .unwrap();
+        } else {
+            w.add_tensor(t.name, t.dims, t.ty, t.data.to_vec()).unwrap();
+        }
+    }
+    let f32_model = w.to_bytes().unwrap();
+    for target in [Format::I2S, Format::TQ1_0] {
+        let out = ternforge_engine::convert::convert(&f32_model, target, |_, _, _| {}).unwrap();
+        let g2 = load(&out);
+        let m = Model::load(&g2).unwrap();
+        assert!(m.tensor_formats().iter().all(|(_, f)| *f == target));
+        let logits = Session::new(&m).forward(&[256, 1, 2, 3]).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+    }
+}

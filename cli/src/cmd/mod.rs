@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod convert;
 pub mod inspect;
 pub mod kernels;
 pub mod receipt;
@@ -11,3 +12,25 @@ pub mod synth;
 
 /// Error type of the subcommands.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Write `bytes` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over the target (removed again on failure).
+pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(res?)
+}

@@ -24,24 +24,7 @@ pub fn run(a: Args) -> Result<(), Error> {
     let shape = Shape::from_name(&a.preset)
         .ok_or_else(|| format!("unknown preset {:?} (tiny, 2b4t)", a.preset))?;
     let bytes = synthesize(shape, f, a.seed)?;
-    // atomic: temp file in the same directory, then rename
-    let dir = a
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        a.out
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("model"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, &a.out).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
+    super::atomic_write(&a.out, &bytes)?;
     eprintln!(
         "wrote {} ({} bytes, {} {})",
         a.out.display(),
