@@ -4,6 +4,7 @@ use crate::forward::{ForwardError, Session};
 use crate::sample::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to generate.
@@ -97,9 +98,41 @@ pub fn generate(
     tokenizer: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<Generation, ForwardError> {
+    generate_cancellable(
+        session,
+        tokenizer,
+        prompt,
+        params,
+        &AtomicBool::new(false),
+        on_text,
+    )
+}
+
+/// [`generate`] that also stops as soon as `cancel` is set: checked before the prefill and
+/// before every token, including tokens that decode to no text yet (control tokens, partial
+/// UTF-8).
+pub fn generate_cancellable(
+    session: &mut Session<'_, '_>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    cancel: &AtomicBool,
     mut on_text: impl FnMut(&str) -> bool,
 ) -> Result<Generation, ForwardError> {
+    let cancelled = || cancel.load(Ordering::Relaxed);
     let t0 = Instant::now();
+    if cancelled() {
+        return Ok(Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Cancelled,
+            prompt_tokens: prompt.len(),
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+        });
+    }
     let mut logits = session.forward(prompt)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
@@ -114,6 +147,10 @@ pub fn generate(
     };
     let mut finish = FinishReason::Length;
     while tokens.len() < params.max_tokens {
+        if cancelled() {
+            finish = FinishReason::Cancelled;
+            break;
+        }
         let id = sampler.sample(&logits, &history);
         if params.stop_ids.contains(&id) {
             finish = FinishReason::Stop;

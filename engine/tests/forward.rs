@@ -328,3 +328,31 @@ fn f32_models_convert_by_absmean() {
         assert!(logits.iter().all(|v| v.is_finite()));
     }
 }
+
+#[test]
+fn a_set_cancel_flag_stops_before_any_work() {
+    use std::sync::atomic::AtomicBool;
+    let bytes = synthesize(Shape::TINY, Format::I2S, 3).unwrap();
+    let g = load(&bytes);
+    let m = Model::load(&g).unwrap();
+    let tok = tokenizer(&g);
+    let params = GenerateParams {
+        max_tokens: 8,
+        sampler: SamplerConfig::default(),
+        stop_ids: Default::default(),
+        stop_strings: vec![],
+    };
+    let mut s = Session::new(&m);
+    let out = ternforge_engine::generate::generate_cancellable(
+        &mut s,
+        &tok,
+        &[256, 1, 2],
+        &params,
+        &AtomicBool::new(true),
+        |_| true,
+    )
+    .unwrap();
+    assert_eq!(out.finish, FinishReason::Cancelled);
+    assert!(out.tokens.is_empty());
+    assert_eq!(s.pos(), 0, "no prefill ran");
+}

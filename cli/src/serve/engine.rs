@@ -104,11 +104,12 @@ impl GenerationBackend for EngineBackend {
             stop_strings: req.stop,
         };
         let mut session = Session::new(&self.model);
-        let out = generate::generate(
+        let out = generate::generate_cancellable(
             &mut session,
             &self.tokenizer,
             &req.prompt_tokens,
             &params,
+            cancel,
             |text| !cancel.load(Ordering::Relaxed) && on_text(text),
         )
         .map_err(|e| GenError::Internal(format!("generation failed: {e}")))?;
