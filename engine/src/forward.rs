@@ -93,6 +93,8 @@ pub struct Session<'m, 'a> {
     pos: usize,
     /// Kernel ids used by this session's matmuls, with call counts.
     pub kernel_calls: KernelCounts,
+    /// An int8 LM head to use instead of the F16 one (see [`crate::lm_head::Q8Head`]).
+    pub q8_head: Option<std::sync::Arc<crate::lm_head::Q8Head>>,
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -104,6 +106,7 @@ impl<'m, 'a> Session<'m, 'a> {
             v_cache: vec![Vec::new(); cfg.n_layer],
             pos: 0,
             kernel_calls: KernelCounts::new(),
+            q8_head: None,
         }
     }
 
@@ -151,7 +154,10 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Run `tokens` through the model; returns the logits of the last one.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
         let h = self.forward_hidden(tokens)?;
-        Ok(crate::lm_head::logits(self.model, &h))
+        Ok(match &self.q8_head {
+            Some(q) => q.logits(&h),
+            None => crate::lm_head::logits(self.model, &h),
+        })
     }
 
     /// Run `tokens` and return the final normed hidden state of the last token.

@@ -356,3 +356,25 @@ fn a_set_cancel_flag_stops_before_any_work() {
     assert!(out.tokens.is_empty());
     assert_eq!(s.pos(), 0, "no prefill ran");
 }
+
+#[test]
+fn q8_lm_head_tracks_the_f16_head() {
+    let bytes = synthesize(Shape::TINY, Format::I2S, 8).unwrap();
+    let g = load(&bytes);
+    let m = Model::load(&g).unwrap();
+    let q8 = std::sync::Arc::new(ternforge_engine::lm_head::Q8Head::build(&m));
+    assert_eq!(q8.bytes(), m.cfg.vocab * m.cfg.n_embd);
+    let prompt = [256u32, 10, 20, 30, 40];
+    let f16 = Session::new(&m).forward(&prompt).unwrap();
+    let mut s = Session::new(&m);
+    s.q8_head = Some(q8);
+    let q = s.forward(&prompt).unwrap();
+    let scale = f16.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = f16
+        .iter()
+        .zip(&q)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // int8 rounding of the head rows and of h: a few percent of the logit range at most
+    assert!(err <= 0.05 * scale, "max error {err} vs scale {scale}");
+}

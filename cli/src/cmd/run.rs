@@ -51,6 +51,10 @@ pub struct Args {
     /// Threads (default: all cores).
     #[arg(long, short)]
     pub threads: Option<usize>,
+    /// LM head: `f16` (exact, the file's tensor) or `q8` (an int8 copy built at load, half
+    /// the bytes per token).
+    #[arg(long, default_value = "f16")]
+    pub lm_head: String,
     /// Write a JSON receipt (model hash, formats, kernels, CPU, timings) to this file.
     #[arg(long)]
     pub receipt: Option<std::path::PathBuf>,
@@ -109,6 +113,15 @@ pub fn run(a: Args) -> Result<(), Error> {
         stop_strings: a.stop.clone(),
     };
     let mut s = Session::new(&m);
+    match a.lm_head.as_str() {
+        "f16" => {}
+        "q8" => {
+            s.q8_head = Some(std::sync::Arc::new(
+                ternforge_engine::lm_head::Q8Head::build(&m),
+            ))
+        }
+        other => return Err(format!("unknown --lm-head {other:?} (f16, q8)").into()),
+    }
     let mut out = std::io::stdout().lock();
     let g = generate(&mut s, &tok, &prompt, &params, |t| {
         let _ = out.write_all(t.as_bytes());
