@@ -308,17 +308,18 @@ const LUT4: Tile = Tile::new(32, 4);
 
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
 /// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
-/// fits for more; measured on an AVX-512 VNNI EPYC: one-row GEMV streams DRAM best for the
-/// tensor-scale and QK256 layouts, 4-row tiles win where per-block reductions dominate).
+/// fits for more; measured on an AVX-512 VNNI EPYC: with far L2 prefetches I2S streams DRAM
+/// best with 2-row (VNNI) / 4-row tiles, QK256 with one-row tiles, and 4-row tiles win where
+/// per-block reductions dominate (TQ1_0, I2S64)).
 /// `build.rs` validates it (unique rows, tiles that fit the
 /// ISA's registers, formats the generator has a decode rule for).
 #[rustfmt::skip]
 pub const TABLE: &[Row] = &[
     // I2S
     Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV1, GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV1, GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV1, GEMV2, GEMV4, GEMM4X4, GEMM2X8] },
+    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV2, GEMV1, GEMV4, GEMM4X4, GEMM2X8] },
     Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // QK256 = TQ2_0

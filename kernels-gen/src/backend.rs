@@ -75,9 +75,10 @@ pub trait Backend {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         quote! { half::f16::from_le_bytes([*#ptr, *#ptr.add(1)]).to_f32() }
     }
-    /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`) into L1, or
-    /// nothing where the ISA has no portable hint. Prefetches never fault.
-    fn prefetch(&self, _ptr: TokenStream) -> TokenStream {
+    /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`), into L2 when
+    /// `far` (long-distance streaming) else into L1; nothing where the ISA has no portable
+    /// hint. Prefetches never fault.
+    fn prefetch(&self, _ptr: TokenStream, _far: bool) -> TokenStream {
         quote! {}
     }
 }
@@ -358,8 +359,12 @@ impl Backend for X86 {
             8
         }
     }
-    fn prefetch(&self, ptr: TokenStream) -> TokenStream {
-        quote! { _mm_prefetch::<_MM_HINT_T0>(#ptr as *const i8); }
+    fn prefetch(&self, ptr: TokenStream, far: bool) -> TokenStream {
+        if far {
+            quote! { _mm_prefetch::<_MM_HINT_T1>(#ptr as *const i8); }
+        } else {
+            quote! { _mm_prefetch::<_MM_HINT_T0>(#ptr as *const i8); }
+        }
     }
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps

@@ -583,7 +583,14 @@ fn acc_ident(i: usize, j: usize, class: Option<u32>) -> Ident {
     }
 }
 
-fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, classes: bool) -> TokenStream {
+fn span_dots(
+    b: &dyn Backend,
+    ch: &[Chunk],
+    r: usize,
+    c: usize,
+    classes: bool,
+    far_prefetch: bool,
+) -> TokenStream {
     let vt = b.vec_ty();
     let mut body = TokenStream::new();
     for (ci, chunk) in ch.iter().enumerate() {
@@ -597,7 +604,10 @@ fn span_dots(b: &dyn Backend, ch: &[Chunk], r: usize, c: usize, classes: bool) -
             st.extend(quote! { let #v: #vt = #load; });
             if chunk.offset % 64 == 0 {
                 // stream the weights: touch the same position `pf` bytes ahead (a later tile)
-                st.extend(b.prefetch(quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) }));
+                st.extend(b.prefetch(
+                    quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) },
+                    far_prefetch,
+                ));
             }
             for (vi, cv) in chunk.vecs.iter().enumerate() {
                 let code = format_ident!("c{}_{}", i, vi);
@@ -682,6 +692,9 @@ fn gen_tile(
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
     let classes = scaled_classes(b, plan, r, c);
+    // tensor-scale layouts stream best with far prefetches into L2, block-scale layouts
+    // (compute-heavier per byte) with near ones into L1 (measured; see prefetch_distance)
+    let far = spec.scale != ScaleRule::BlockF16;
     let accs: Vec<Ident> = (0..r)
         .flat_map(|i| (0..c).map(move |j| (i, j)))
         .flat_map(|(i, j)| match &classes {
@@ -717,7 +730,7 @@ fn gen_tile(
             .collect(),
         None => quote! {},
     };
-    let main = span_dots(b, &plan.main, r, c, classes.is_some());
+    let main = span_dots(b, &plan.main, r, c, classes.is_some(), far);
     let body = if per_block {
         let flush = (0..r).map(|i| {
             let wp = format_ident!("w{}", i);
@@ -762,7 +775,7 @@ fn gen_tile(
     } else {
         let tail = match &plan.tail {
             Some(t) => {
-                let td = span_dots(b, t, r, c, classes.is_some());
+                let td = span_dots(b, t, r, c, classes.is_some(), far);
                 quote! {
                     for blk in spans * #sb..nb {
                         let span_off = blk * #bcb;
@@ -814,6 +827,7 @@ fn gen_tile(
 
 fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
     let name = format_ident!("mm{}x{}", t.rows, t.cols);
+    let far = spec.scale != ScaleRule::BlockF16;
     let full = format_ident!("tile_{}x{}", t.rows, t.cols);
     let rowcol = format_ident!("tile_{}x1", t.rows);
     let (tr, tc) = (lit(t.rows), lit(t.cols));
@@ -854,7 +868,7 @@ fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
             let ws = #ws;
             let m = acts.m;
             // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
-            let pf = crate::prefetch_distance(row_bytes * #tr);
+            let pf = crate::prefetch_distance(row_bytes * #tr, #far);
             let mut row = r0;
             while row + #tr <= r1 {
                 let mut col = 0;
