@@ -70,7 +70,8 @@ impl Dispatch {
     }
 
     /// The kernel for a format and operation. For matmul, `m` (activation rows) picks the
-    /// tile: GEMV tiles (`cols == 1`) for `m == 1`, the widest tile not wider than `m` else.
+    /// tile: the first GEMV tile (`cols == 1`) of the table row for `m == 1`, else the first
+    /// listed GEMM tile not wider than `m`.
     pub fn select(
         &self,
         format: Format,
@@ -85,8 +86,8 @@ impl Dispatch {
                     && std::mem::discriminant(&e.op) == std::mem::discriminant(&op)
             });
             // Tiles are ranked by the table: a row lists its tiles in order of preference.
-            // m == 1: the first GEMV tile (cols == 1); m > 1: the GEMM tile with the most
-            // columns not above m (the first listed on ties), else the narrowest GEMM tile.
+            // m == 1: the first GEMV tile (cols == 1); m > 1: the first listed GEMM tile with
+            // no more columns than m, else the narrowest GEMM tile.
             let best = match op {
                 KernelOp::Matmul(_) => {
                     let cands: Vec<&'static KernelEntry> = cands.collect();
@@ -102,11 +103,8 @@ impl Dispatch {
                             .or(cands.first().copied())
                     } else {
                         let gemm = cands.iter().copied().filter(|e| cols(e) > 1);
-                        let fitting = gemm.clone().filter(|e| cols(e) <= m);
-                        let widest = fitting.clone().map(cols).max();
-                        fitting
-                            .clone()
-                            .find(|e| Some(cols(e)) == widest)
+                        gemm.clone()
+                            .find(|e| cols(e) <= m)
                             .or_else(|| gemm.clone().min_by_key(|e| cols(e)))
                             .or(cands.first().copied())
                     }

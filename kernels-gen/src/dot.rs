@@ -302,8 +302,8 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
             #[inline(always)]
             fn code(x: f32, _id: f32) -> u8 {
                 const T32: f32 = 1.0000001e-6;
-                let a = x.abs();
-                if a < T32 { 1 } else if x > 0.0 { 2 } else { 0 }
+                // branch-free: |x| < T32 -> 1; x >= T32 -> 2; x <= -T32 and NaN -> 0
+                (x.abs() < T32) as u8 | (((x >= T32) as u8) << 1)
             }
         },
         Quantizer::RoundAbsMax => quote! {
@@ -318,20 +318,26 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     };
     let tensor_scale = quote! {
         // max|x| in f32 is exact (and ignores NaN like the f64 fold upstream)
-        let tmax = crate::absmax(core::slice::from_raw_parts(src, n * k)) as f64;
+        let tmax = tmax_acc as f64;
     };
     let block_scale = match spec.quantizer {
         Quantizer::RoundAbsMax => quote! {
             let amax = crate::absmax(core::slice::from_raw_parts(x, #be));
             let id = if amax != 0.0 { 1.0 / amax } else { 0.0 };
         },
-        Quantizer::SignMax => quote! { let amax = tmax as f32; let id = 0f32; },
+        // the codes do not depend on the tensor scale: its max is folded in block by block
+        // (one pass over the input)
+        Quantizer::SignMax => quote! {
+            let bmax = crate::absmax(core::slice::from_raw_parts(x, #be));
+            if bmax > tmax_acc { tmax_acc = bmax; }
+            let id = 0f32;
+        },
     };
     let needs_tmax = spec.quantizer == Quantizer::SignMax;
     let tmax_stmt = if needs_tmax {
         tensor_scale
     } else {
-        quote! { let tmax = 0f64; }
+        quote! {}
     };
     let pack = match spec.codes {
         crate::table::CodeRule::Packed2 {
@@ -408,7 +414,7 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
         #tf
         pub unsafe fn quantize(src: *const f32, n: usize, k: usize, out: *mut u8) {
             let nblocks = n * k / #be;
-            #tmax_stmt
+            let mut tmax_acc = 0f32;
             for blk in 0..nblocks {
                 let x = src.add(blk * #be);
                 #block_ptr
@@ -416,6 +422,7 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
                 #pack
                 #store_scale
             }
+            #tmax_stmt
             #tail
         }
     }
