@@ -20,6 +20,7 @@
 //! matmul(&weights, &acts, &mut y).unwrap();
 //! ```
 
+mod acts;
 pub mod cpu;
 mod dispatch;
 pub mod reference;
@@ -356,5 +357,5 @@ pub fn quantize_acts(x: &[f32], m: usize, k: usize) -> Result<QuantizedActs, Ker
             got: x.len(),
         });
     }
-    Ok(reference::acts::quantize_acts(x, m, k))
+    Ok(acts::quantize_acts(x, m, k))
 }

@@ -154,3 +154,72 @@ fn convert_between_formats_keeps_the_tokens() {
         .unwrap();
     assert!(!o.status.success() && !out.exists());
 }
+
+#[test]
+fn bench_decode_reports_floor_and_gemm_prefill() {
+    let out = bin()
+        .args([
+            "bench",
+            "--decode",
+            "--quick",
+            "--json",
+            "--synth-preset",
+            "tiny",
+            "--prompt-tokens",
+            "9",
+            "--tokens",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt_tokens"], 9);
+    assert_eq!(v["decode_tokens"], 5);
+    for key in [
+        "dram_read_gbs",
+        "decode_tokens_per_second",
+        "floor_tokens_per_second",
+        "pct_of_floor",
+    ] {
+        let x = v[key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}");
+    }
+    // the 9-token prompt runs as one batch through GEMM tiles (more than one column), the
+    // decode through GEMV tiles (`mmRx1`)
+    let ids = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let prefill = ids("prefill_kernels");
+    assert!(
+        !prefill.is_empty() && prefill.iter().all(|id| !id.ends_with("x1")),
+        "{prefill:?}"
+    );
+    let decode = ids("decode_kernels");
+    assert!(
+        !decode.is_empty() && decode.iter().all(|id| id.ends_with("x1")),
+        "{decode:?}"
+    );
+    // bad arguments are errors, not panics
+    let bad = bin()
+        .args([
+            "bench",
+            "--decode",
+            "--synth-preset",
+            "tiny",
+            "--tokens",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tokens"));
+}

@@ -225,23 +225,40 @@ fn gen_prepare(
     let permute = if identity {
         quote! { let q = acts.q.clone(); }
     } else {
-        // u16::MAX marks a padding slot (stays 0)
-        let enc = |m: &[Option<usize>]| -> Vec<Literal> {
-            m.iter()
-                .map(|e| Literal::u16_unsuffixed(e.map_or(u16::MAX, |e| e as u16)))
+        // The slot -> element maps as runs of consecutive slots holding consecutive
+        // elements (slot, element, length); padding slots are in no run and stay 0.
+        let runs = |m: &[Option<usize>]| -> Vec<TokenStream> {
+            let mut out: Vec<(usize, usize, usize)> = Vec::new();
+            for (slot, e) in m.iter().enumerate() {
+                let Some(e) = *e else { continue };
+                match out.last_mut() {
+                    Some((s0, e0, len)) if *s0 + *len == slot && *e0 + *len == e => *len += 1,
+                    _ => out.push((slot, e, 1)),
+                }
+            }
+            out.into_iter()
+                .map(|(s0, e0, len)| {
+                    let (s0, e0, len) = (lit(s0), lit(e0), lit(len));
+                    quote! { (#s0, #e0, #len) }
+                })
                 .collect()
         };
         let main_len = lit(main.len());
-        let main_vals = enc(main);
+        let main_runs = runs(main);
+        let main_n = lit(main_runs.len());
         let tail_len = lit(tail.len());
-        let tail_vals = enc(tail);
+        let tail_runs = runs(tail);
+        let tail_n = lit(tail_runs.len());
         let sb = lit(plan.span_blocks);
         quote! {
-            /// Prepared slot -> element map of a main span (derived from the decode rule;
-            /// u16::MAX = padding slot).
-            const MAIN_MAP: [u16; #main_len] = [#(#main_vals),*];
+            /// Prepared slots per main span and per single-block tail span.
+            const MAIN_LEN: usize = #main_len;
+            const TAIL_LEN: usize = #tail_len;
+            /// Slot -> element map of a main span (derived from the decode rule) as runs
+            /// `(first slot, first element, length)`; slots in no run are padding (0).
+            const MAIN_RUNS: [(usize, usize, usize); #main_n] = [#(#main_runs),*];
             /// The same for a single-block tail span.
-            const TAIL_MAP: [u16; #tail_len] = [#(#tail_vals),*];
+            const TAIL_RUNS: [(usize, usize, usize); #tail_n] = [#(#tail_runs),*];
             let stride = prepared_stride(k);
             let mut q = vec![0i8; m * stride];
             let nb = k / #be;
@@ -250,20 +267,16 @@ fn gen_prepare(
                 let src = &acts.q[row * k..(row + 1) * k];
                 let dst = &mut q[row * stride..(row + 1) * stride];
                 for sp in 0..main_spans {
-                    let (s0, e0) = (sp * MAIN_MAP.len(), sp * #sb * #be);
-                    for (slot, &e) in MAIN_MAP.iter().enumerate() {
-                        if e != u16::MAX {
-                            dst[s0 + slot] = src[e0 + e as usize];
-                        }
+                    let (s0, e0) = (sp * MAIN_LEN, sp * #sb * #be);
+                    for &(s, e, len) in MAIN_RUNS.iter() {
+                        dst[s0 + s..s0 + s + len].copy_from_slice(&src[e0 + e..e0 + e + len]);
                     }
                 }
                 for blk in main_spans * #sb..nb {
-                    let s0 = main_spans * MAIN_MAP.len() + (blk - main_spans * #sb) * TAIL_MAP.len();
+                    let s0 = main_spans * MAIN_LEN + (blk - main_spans * #sb) * TAIL_LEN;
                     let e0 = blk * #be;
-                    for (slot, &e) in TAIL_MAP.iter().enumerate() {
-                        if e != u16::MAX {
-                            dst[s0 + slot] = src[e0 + e as usize];
-                        }
+                    for &(s, e, len) in TAIL_RUNS.iter() {
+                        dst[s0 + s..s0 + s + len].copy_from_slice(&src[e0 + e..e0 + e + len]);
                     }
                 }
             }
@@ -876,24 +889,37 @@ fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
             let m = acts.m;
             // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
             let pf = crate::prefetch_distance(row_bytes * #tr, #far);
-            let mut row = r0;
-            while row + #tr <= r1 {
+            // Cache blocking: rows in blocks of about 256 KiB of weights (kept in L2), and
+            // for each block the activation column tiles outermost, so that one column
+            // tile's activations stay in L1 while the block's row tiles stream past them.
+            let rb = ((256usize << 10) / (row_bytes * #tr)).max(1) * #tr;
+            let mut b0 = r0;
+            while b0 < r1 {
+                let b1 = (b0 + rb).min(r1);
+                let full_end = b0 + (b1 - b0) / #tr * #tr;
                 let mut col = 0;
                 while col + #tc <= m {
-                    #full(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                    let mut row = b0;
+                    while row < full_end {
+                        #full(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                        row += #tr;
+                    }
                     col += #tc;
                 }
                 while col < m {
-                    #rowcol(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                    let mut row = b0;
+                    while row < full_end {
+                        #rowcol(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                        row += #tr;
+                    }
                     col += 1;
                 }
-                row += #tr;
-            }
-            while row < r1 {
-                for col in 0..m {
-                    tile_1x1(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                for row in full_end..b1 {
+                    for col in 0..m {
+                        tile_1x1(w, row_bytes, nb, n, k, ws, acts, row, col, out, pf);
+                    }
                 }
-                row += 1;
+                b0 = b1;
             }
         }
     }

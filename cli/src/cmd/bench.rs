@@ -34,6 +34,11 @@ pub struct Args {
     /// Only these ISAs (comma-separated, e.g. `avx512vnni,scalar`).
     #[arg(long, value_delimiter = ',')]
     isa: Vec<String>,
+    /// Threads of the pool ("all threads" in the results; default: all cores).
+    #[arg(long, short)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    decode: super::bench_decode::DecodeArgs,
 }
 
 #[derive(Serialize, Clone)]
@@ -70,6 +75,17 @@ struct Budget {
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
+    if let Some(t) = args.threads {
+        if t == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()?;
+    }
+    if args.decode.decode {
+        return super::bench_decode::run(&args.decode, args.json, args.quick);
+    }
     let budget = if args.quick {
         Budget {
             time: Duration::from_millis(250),
@@ -444,7 +460,7 @@ fn read_sum(s: &[u64]) -> u64 {
 }
 
 /// Best-of-`passes` read bandwidth in GB/s over a `bytes` buffer: one thread, all threads.
-fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
+pub(super) fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
     let words = bytes / 8;
     // written (not calloc'ed zero pages) so every page is really backed by DRAM
     let buf: Vec<u64> = (0..words as u64).collect();

@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run(Args) -> Result<(), Error>`.
 
 pub mod bench;
+pub mod bench_decode;
 pub mod chat;
 pub mod convert;
 pub mod inspect;
