@@ -2,6 +2,7 @@
 //! file only parses the arguments and dispatches.
 
 mod cmd;
+mod prio;
 mod serve;
 
 use clap::Parser;

@@ -56,6 +56,11 @@ pub fn run(a: Args) -> Result<(), Error> {
     if !a.model.is_file() {
         return Err(format!("model file {} not found", a.model.display()).into());
     }
+    // the matmul pool computes at a lower priority than the HTTP threads (see crate::prio)
+    rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("ternforge-mm-{i}"))
+        .start_handler(|_| crate::prio::lower_this_thread())
+        .build_global()?;
     let model_id = a.model_id.clone().unwrap_or_else(|| {
         a.model
             .file_stem()

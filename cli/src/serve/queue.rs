@@ -171,6 +171,8 @@ pub fn spawn_workers(
             std::thread::Builder::new()
                 .name(format!("ternforge-gen-{i}"))
                 .spawn(move || {
+                    // below the HTTP threads, so /health answers while generation runs
+                    crate::prio::lower_this_thread();
                     while let Some(job) = queue.pop() {
                         run_job(job, &*backend, &metrics, token_interval);
                     }
