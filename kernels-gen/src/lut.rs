@@ -365,11 +365,15 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
             let all = core::slice::from_raw_parts(src, n * k);
             let o = core::slice::from_raw_parts_mut(out, total);
             o.fill(0);
-            let tmax = crate::absmax(all);
+            // the tensor max is folded in row by row (one pass over the input)
+            let mut tmax = 0f32;
             #[inline(always)]
             fn code(v: f32) -> i8 {
                 const T32: f32 = 1.0000001e-6;
-                if v.abs() < T32 { 0 } else if v > 0.0 { 1 } else { -1 }
+                // branch-free `if |v| < T32 { 0 } else if v > 0 { 1 } else { -1 }` (NaN: -1)
+                let pos = v >= T32;
+                let small = v.abs() < T32;
+                pos as i8 - (!(pos | small)) as i8
             }
             // pair elements past K (and rows past N) are zero weights (TL1 index 4)
             let (pb, po) = (g.pair_base(), g.pair_offset());
@@ -380,7 +384,12 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
                 let base = (row / BM) * g.tile_bytes;
                 let r = row % BM;
                 if row < n {
-                    for (c, &v) in w.iter_mut().zip(&all[row * k..(row + 1) * k]) {
+                    let src = &all[row * k..(row + 1) * k];
+                    let rmax = crate::absmax(src);
+                    if rmax > tmax {
+                        tmax = rmax;
+                    }
+                    for (c, &v) in w.iter_mut().zip(src) {
                         *c = code(v);
                     }
                     #tri
