@@ -63,6 +63,9 @@ pub fn dot_scalar(row: &[u8], h: &[f32]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// Software prefetch distance in bytes of F16 head rows.
+    const PF: usize = 16 << 10;
+
     pub fn dot_avx512(row: &[u8], h: &[f32]) -> f32 {
         assert_eq!(row.len(), 2 * h.len());
         // SAFETY: selected only when AVX-512F is detected; lengths checked above.
@@ -80,6 +83,10 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i + 64 <= d {
+            // the head is streamed row after row: fetch the two lines PF bytes ahead (the
+            // rows that follow; a prefetch never faults, wherever it points)
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PF) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PF + 64) as *const i8);
             for (j, a) in acc.iter_mut().enumerate() {
                 let w = _mm512_cvtph_ps(_mm256_loadu_si256(
                     row.add(2 * (i + 16 * j)) as *const __m256i
@@ -105,6 +112,7 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= d {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(2 * i + PF) as *const i8);
             for (j, a) in acc.iter_mut().enumerate() {
                 let w =
                     _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * (i + 8 * j)) as *const __m128i));

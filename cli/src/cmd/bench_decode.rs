@@ -130,7 +130,11 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
         eprintln!("  measuring DRAM read bandwidth ({threads} threads)...");
     }
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let stream = if quick { 256 << 20 } else { 1 << 30 };
+    let stream = if quick {
+        256 << 20
+    } else {
+        (1usize << 30).max(8 * super::bench::llc_bytes())
+    };
     let passes = if quick { 3 } else { 5 };
     let (_, bw_before) = super::bench::dram_bandwidth(&one, stream, passes);
 
