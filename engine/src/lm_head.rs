@@ -258,6 +258,9 @@ pub fn dot_q8_scalar(w: &[i8], a: &[u8]) -> i32 {
 mod x86q8 {
     use std::arch::x86_64::*;
 
+    /// Software prefetch distance in bytes of int8 head rows.
+    const PF: usize = 16 << 10;
+
     pub fn dot_vnni(w: &[i8], a: &[u8]) -> i32 {
         assert_eq!(w.len(), a.len());
         // SAFETY: selected only when AVX-512 BW and VNNI are detected; lengths checked.
@@ -269,6 +272,10 @@ mod x86q8 {
         let mut acc = [_mm512_setzero_si512(); 2];
         let mut i = 0;
         while i + 128 <= d {
+            // rows are streamed one after another: fetch the lines PF bytes ahead (a
+            // prefetch never faults, wherever it points)
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF + 64) as *const i8);
             for (j, x) in acc.iter_mut().enumerate() {
                 let av = _mm512_loadu_si512(a.add(i + 64 * j) as *const _);
                 let wv = _mm512_loadu_si512(w.add(i + 64 * j) as *const _);
