@@ -274,8 +274,8 @@ mod x86q8 {
         while i + 128 <= d {
             // rows are streamed one after another: fetch the lines PF bytes ahead (a
             // prefetch never faults, wherever it points)
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF + 64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF));
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(i + PF + 64));
             for (j, x) in acc.iter_mut().enumerate() {
                 let av = _mm512_loadu_si512(a.add(i + 64 * j) as *const _);
                 let wv = _mm512_loadu_si512(w.add(i + 64 * j) as *const _);
