@@ -505,7 +505,9 @@ fn read_sum(s: &[u64], pf: usize) -> u64 {
     let mut acc = [0u64; 8];
     let chunks = s.chunks_exact(8);
     let rest = chunks.remainder();
-    for (i, c) in chunks.enumerate() {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = pf; // hardware prefetch only
+    for c in chunks {
         #[cfg(target_arch = "x86_64")]
         if pf != 0 {
             // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, whatever
@@ -515,7 +517,6 @@ fn read_sum(s: &[u64], pf: usize) -> u64 {
                 _mm_prefetch::<_MM_HINT_T0>((c.as_ptr() as *const i8).wrapping_add(pf));
             }
         }
-        let _ = (i, pf);
         for (a, &v) in acc.iter_mut().zip(c) {
             *a = a.wrapping_add(v);
         }

@@ -14,11 +14,9 @@
 use super::Error;
 use serde::Serialize;
 use std::time::Instant;
-use ternforge::Format;
 use ternforge_engine::forward::Session;
 use ternforge_engine::gguf::Gguf;
 use ternforge_engine::model::{self, Model};
-use ternforge_engine::synth::{synthesize, Shape};
 
 /// Options of the decode benchmark (part of `ternforge bench`'s arguments).
 #[derive(clap::Args, Debug, Clone)]
@@ -77,30 +75,20 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
     if a.prompt_tokens == 0 || a.tokens == 0 {
         return Err("--prompt-tokens and --tokens must be at least 1".into());
     }
-    let owned;
-    let (bytes, name): (&[u8], String) = match &a.model {
-        Some(p) => {
-            owned = Src::File(model::open(p)?);
-            (owned.bytes(), p.display().to_string())
-        }
-        None => {
-            let f = Format::from_name(&a.synth_format)
-                .ok_or_else(|| format!("unknown format {:?}", a.synth_format))?;
-            let shape = Shape::from_name(&a.synth_preset)
-                .ok_or_else(|| format!("unknown preset {:?} (tiny, 2b4t)", a.synth_preset))?;
+    let owned = super::run::Source::open(
+        a.model.as_deref(),
+        &a.synth_format,
+        &a.synth_preset,
+        |msg| {
             if !json {
-                eprintln!(
-                    "  synthesizing a {} model with random {} weights...",
-                    a.synth_preset,
-                    f.name()
-                );
+                eprintln!("  {msg}");
             }
-            owned = Src::Mem(synthesize(shape, f, 1)?);
-            (
-                owned.bytes(),
-                format!("synthesized {} {}", a.synth_preset, f.name()),
-            )
-        }
+        },
+    )?;
+    let bytes = owned.bytes();
+    let name = match &a.model {
+        Some(p) => p.display().to_string(),
+        None => format!("synthesized {} {}", a.synth_preset, a.synth_format),
     };
     let g = Gguf::parse_with(bytes, model::parse_options())?;
     let m = Model::load(&g)?;
@@ -277,19 +265,4 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
-}
-
-/// Model bytes: a memory-mapped file or a synthesized buffer.
-enum Src {
-    File(ternforge_engine::gguf::GgufFile),
-    Mem(Vec<u8>),
-}
-
-impl Src {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Src::File(f) => f.bytes(),
-            Src::Mem(v) => v,
-        }
-    }
 }

@@ -75,26 +75,13 @@ pub fn run(a: Args) -> Result<(), Error> {
         ..Default::default()
     };
     sampler.validate()?;
-    let owned;
-    let bytes: &[u8] = match &a.model {
-        Some(p) => {
-            owned = Source::File(model::open(p)?);
-            owned.bytes()
-        }
-        None => {
-            let f = Format::from_name(&a.synth_format)
-                .ok_or_else(|| format!("unknown format {:?}", a.synth_format))?;
-            let shape = Shape::from_name(&a.synth_preset)
-                .ok_or_else(|| format!("unknown preset {:?} (tiny, 2b4t)", a.synth_preset))?;
-            eprintln!(
-                "ternforge: no --model given: synthesized a {} model with random {} weights",
-                a.synth_preset,
-                f.name()
-            );
-            owned = Source::Mem(synthesize(shape, f, 1)?);
-            owned.bytes()
-        }
-    };
+    let owned = Source::open(
+        a.model.as_deref(),
+        &a.synth_format,
+        &a.synth_preset,
+        |msg| eprintln!("ternforge: no --model given: {msg}"),
+    )?;
+    let bytes = owned.bytes();
     let g = Gguf::parse_with(bytes, model::parse_options())?;
     let m = Model::load(&g)?;
     let tok = model::tokenizer(&g)?;
@@ -182,13 +169,34 @@ pub fn run(a: Args) -> Result<(), Error> {
 }
 
 /// Model bytes: a memory-mapped file or a synthesized buffer.
-enum Source {
+pub(super) enum Source {
     File(ternforge_engine::gguf::GgufFile),
     Mem(Vec<u8>),
 }
 
 impl Source {
-    fn bytes(&self) -> &[u8] {
+    /// Map `model`, or without one synthesize a `preset` model with random `format` weights
+    /// (`announce` is told which).
+    pub(super) fn open(
+        model: Option<&std::path::Path>,
+        format: &str,
+        preset: &str,
+        announce: impl FnOnce(&str),
+    ) -> Result<Source, Error> {
+        if let Some(p) = model {
+            return Ok(Source::File(model::open(p)?));
+        }
+        let f = Format::from_name(format).ok_or_else(|| format!("unknown format {format:?}"))?;
+        let shape = Shape::from_name(preset)
+            .ok_or_else(|| format!("unknown preset {preset:?} (tiny, 2b4t)"))?;
+        announce(&format!(
+            "synthesized a {preset} model with random {} weights",
+            f.name()
+        ));
+        Ok(Source::Mem(synthesize(shape, f, 1)?))
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
         match self {
             Source::File(f) => f.bytes(),
             Source::Mem(v) => v,
