@@ -290,12 +290,6 @@ pub fn matmul_with(
     matmul_prepared(entry, w, &p, out)
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: threads write disjoint row ranges of the output (see matmul_prepared).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// Matmul on activations already prepared by `prepare_for(entry, ..)`.
 pub fn matmul_prepared(
     entry: &KernelEntry,
@@ -303,13 +297,91 @@ pub fn matmul_prepared(
     acts: &PreparedActs,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_entry(entry, w.format(), entry.op)?;
+    matmul_prepared_many(entry, &mut [(*w, out)], acts)
+}
+
+/// Several matmuls of the same prepared activations (e.g. the Q, K and V projections of one
+/// input) in one parallel region: the rows of all weights are cut into chunks shared by the
+/// rayon pool, so small matrices do not each pay a fork/join and a cold start. Every weight
+/// must be of the entry's format and K; `jobs[i].1` receives `m x n_i` outputs.
+pub fn matmul_prepared_many(
+    entry: &KernelEntry,
+    jobs: &mut [(PackedWeights<'_>, &mut [f32])],
+    acts: &PreparedActs,
+) -> Result<(), KernelError> {
+    // the same order of checks as for one matmul: ISA and format, kind, then shapes
+    for (w, _) in jobs.iter() {
+        check_entry(entry, w.format(), entry.op)?;
+    }
     let KernelFn::Matmul { prepare: _, run } = entry.func else {
         return Err(KernelError::NoKernel(format!(
             "{} is not a matmul kernel",
             entry.id
         )));
     };
+    for (w, out) in jobs.iter() {
+        check_prepared(entry, w, acts, out)?;
+    }
+    let Some((first, _)) = jobs.first() else {
+        return Ok(());
+    };
+    let (k, m) = (first.k(), acts.m);
+    let spec = first.format().spec();
+    let unit = spec.tile_rows().max(match entry.op {
+        KernelOp::Matmul(t) => t.rows,
+        _ => 1,
+    });
+    let total_rows: usize = jobs.iter().map(|(w, _)| w.n()).sum();
+    let work = total_rows * k * m;
+    let threads = rayon::current_num_threads();
+    // about four chunks per thread over all the rows, each a whole number of tiles
+    let target = if work < (1 << 20) || threads == 1 {
+        1
+    } else {
+        threads * 4
+    };
+    let rows_per = total_rows
+        .div_ceil(target)
+        .div_ceil(unit)
+        .max(1)
+        .saturating_mul(unit);
+    let mut chunks: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, (w, _)) in jobs.iter().enumerate() {
+        let mut r0 = 0;
+        while r0 < w.n() {
+            let r1 = (r0 + rows_per).min(w.n());
+            chunks.push((i, r0, r1));
+            r0 = r1;
+        }
+    }
+    let ptrs: Vec<(usize, usize, OutPtr)> = jobs
+        .iter_mut()
+        .map(|(w, out)| (w.data().as_ptr() as usize, w.n(), OutPtr(out.as_mut_ptr())))
+        .collect();
+    let body = |&(i, r0, r1): &(usize, usize, usize)| {
+        let (data, n, p) = (ptrs[i].0, ptrs[i].1, ptrs[i].2);
+        // SAFETY: every weight was validated for (n, k) and its output for m * n values
+        // (check_prepared); acts were prepared for this kernel and K; r0..r1 lies inside 0..n
+        // and starts on a tile boundary; chunks of one output are disjoint row ranges and
+        // each writes only its rows.
+        unsafe { run(data as *const u8, n, k, acts, r0, r1, p.0) };
+    };
+    if chunks.len() == 1 {
+        body(&chunks[0]);
+    } else {
+        chunks.par_iter().for_each(body);
+    }
+    Ok(())
+}
+
+/// The shape checks of [`matmul_prepared`] for one weight and its output (after
+/// `check_entry`).
+fn check_prepared(
+    entry: &KernelEntry,
+    w: &PackedWeights<'_>,
+    acts: &PreparedActs,
+    out: &[f32],
+) -> Result<(), KernelError> {
     if acts.k != w.k() {
         return Err(KernelError::Activations(format!(
             "K = {} but the weights have K = {}",
@@ -356,34 +428,11 @@ pub fn matmul_prepared(
             got: out.len(),
         });
     }
-    let unit = spec.tile_rows().max(match entry.op {
-        KernelOp::Matmul(t) => t.rows,
-        _ => 1,
-    });
-    let work = n * w.k() * m;
-    let threads = rayon::current_num_threads();
-    let chunks = if work < (1 << 20) || threads == 1 {
-        1
-    } else {
-        (threads * 4).min(n.div_ceil(unit))
-    };
-    let rows_per = n.div_ceil(chunks).div_ceil(unit) * unit;
-    let ptr = OutPtr(out.as_mut_ptr());
-    let data = w.data().as_ptr() as usize;
-    let k = w.k();
-    let body = |c: usize| {
-        let (r0, r1) = (c * rows_per, ((c + 1) * rows_per).min(n));
-        if r0 < r1 {
-            let p = ptr;
-            // SAFETY: weights validated for (n, k); acts prepared for this kernel and K; r0..r1
-            // lies inside 0..n and starts on a tile boundary; each chunk writes only its rows.
-            unsafe { run(data as *const u8, n, k, acts, r0, r1, p.0) };
-        }
-    };
-    if chunks == 1 {
-        body(0);
-    } else {
-        (0..chunks).into_par_iter().for_each(body);
-    }
     Ok(())
 }
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: threads write disjoint row ranges of the outputs (see matmul_prepared_many).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}

@@ -32,8 +32,8 @@ mod gen {
 }
 
 pub use dispatch::{
-    dequantize, dequantize_with, dispatch, matmul, matmul_prepared, matmul_with, prepare_for,
-    quantize, quantize_with, select_matmul, Dispatch,
+    dequantize, dequantize_with, dispatch, matmul, matmul_prepared, matmul_prepared_many,
+    matmul_with, prepare_for, quantize, quantize_with, select_matmul, Dispatch,
 };
 pub use gen::{generated, Format, KERNELS, SOURCES};
 pub use reference::acts::QuantizedActs;

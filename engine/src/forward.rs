@@ -10,7 +10,7 @@ use crate::model::{FfnAct, Linear, Model};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
-use ternforge::{matmul_prepared, prepare_for, quantize_acts, select_matmul, KernelError};
+use ternforge::{matmul_prepared_many, prepare_for, quantize_acts, select_matmul, KernelError};
 
 /// Errors of a forward pass.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +68,10 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// `a · b` with 16 independent partial sums (vectorises; a serial f32 sum cannot).
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
     let mut lanes = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let rest: f32 = ca
@@ -79,6 +81,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
+        // fixed-size views: no bounds checks, one vector (or two, four) per step
+        let x: &[f32; 16] = x.try_into().expect("chunk of 16");
+        let y: &[f32; 16] = y.try_into().expect("chunk of 16");
         for i in 0..16 {
             lanes[i] += x[i] * y[i];
         }
@@ -91,6 +96,162 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         w /= 2;
     }
     lanes[0] + rest
+}
+
+/// One KV head's cache rows: position `p` of it is `k[p * stride + off..][..head_dim]`.
+pub struct KvView<'c> {
+    pub k: &'c [f32],
+    pub v: &'c [f32],
+    pub stride: usize,
+    pub off: usize,
+}
+
+/// `out = softmax(q · Kᵀ · scale) · V` for one query head over the positions of `kv`.
+type AttendFn = fn(&[f32], &KvView<'_>, f32, &mut [f32]);
+
+/// The attention of one head, compiled for the best vector ISA of this CPU (detected once).
+pub fn attention_kernel() -> AttendFn {
+    static PICK: std::sync::OnceLock<AttendFn> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return |q, kv, s, o| {
+                    // SAFETY: selected only when AVX-512F is detected.
+                    unsafe { attend_avx512(q, kv, s, o) }
+                };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return |q, kv, s, o| {
+                    // SAFETY: selected only when AVX2 and FMA are detected.
+                    unsafe { attend_avx2(q, kv, s, o) }
+                };
+            }
+        }
+        attend
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn attend_avx512(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
+    attend_with(q, kv, scale, out, |a, b| {
+        // SAFETY: only reached from attend_avx512, i.e. with AVX-512F detected.
+        unsafe { dot_avx512(a, b) }
+    })
+}
+
+/// `a · b` in four 16-lane FMA accumulators (AVX-512F).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, x) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16 * j + 16 <= n: inside both slices.
+            *x = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16 * j)),
+                _mm512_loadu_ps(pb.add(i + 16 * j)),
+                *x,
+            );
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(pa.add(i)),
+            _mm512_loadu_ps(pb.add(i)),
+            acc[0],
+        );
+        i += 16;
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let mut s = _mm512_reduce_add_ps(v);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
+    attend(q, kv, scale, out)
+}
+
+/// Portable attention of one head (the vector copies above are this function compiled with
+/// more target features).
+#[inline(always)]
+pub fn attend(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
+    attend_with(q, kv, scale, out, dot)
+}
+
+#[inline(always)]
+fn attend_with(
+    q: &[f32],
+    kv: &KvView<'_>,
+    scale: f32,
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let hd = q.len();
+    let n_pos = kv.k.len() / kv.stride;
+    let (stride, off) = (kv.stride, kv.off);
+    #[inline(always)]
+    fn at(c: &[f32], p: usize, stride: usize, off: usize, hd: usize) -> &[f32] {
+        &c[p * stride + off..p * stride + off + hd]
+    }
+    let row = |c, p| at(c, p, stride, off, hd);
+    // plain loops (no iterator adapters that would be compiled outside this function's
+    // target features)
+    let mut w = vec![0f32; n_pos];
+    for (p, s) in w.iter_mut().enumerate() {
+        *s = dot(q, row(kv.k, p)) * scale;
+    }
+    let mx = w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for s in w.iter_mut() {
+        // exp(-50) is 2e-22 of the largest term (which is 1): far below f32 resolution.
+        // Dropping such terms keeps the result and keeps subnormal floats (tens of cycles
+        // each on x86) out of the loops.
+        let d = *s - mx;
+        *s = if d > -50.0 { d.exp() } else { 0.0 };
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    w.iter_mut().for_each(|s| *s *= inv);
+    // 16 output lanes at a time kept in registers over all positions (per output element
+    // the terms are added in position order, as in a plain loop)
+    let mut c0 = 0;
+    while c0 + 16 <= hd {
+        let mut acc = [0f32; 16];
+        for (p, &wp) in w.iter().enumerate() {
+            if wp == 0.0 {
+                continue;
+            }
+            let v = &row(kv.v, p)[c0..c0 + 16];
+            for i in 0..16 {
+                acc[i] += wp * v[i];
+            }
+        }
+        out[c0..c0 + 16].copy_from_slice(&acc);
+        c0 += 16;
+    }
+    for (c, o) in out.iter_mut().enumerate().skip(c0) {
+        *o = w
+            .iter()
+            .enumerate()
+            .filter(|(_, &wp)| wp != 0.0)
+            .map(|(p, &wp)| wp * row(kv.v, p)[c])
+            .fold(0.0, |a, b| a + b);
+    }
 }
 
 /// NEOX RoPE: element `i` of the first half pairs with `i + head_dim/2`.
@@ -158,21 +319,34 @@ impl<'m, 'a> Session<'m, 'a> {
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let k = ws[0].w.k();
         let acts = quantize_acts(x, m, k)?;
-        let mut outs = Vec::with_capacity(ws.len());
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|l| vec![0f32; m * l.w.n()]).collect();
+        let entries = ws
+            .iter()
+            .map(|l| select_matmul(l.w.format(), m))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut prepared: Option<(&'static str, ternforge::PreparedActs)> = None;
-        for l in ws {
-            let e = select_matmul(l.w.format(), m)?;
+        // consecutive weights with the same kernel run as one parallel region
+        let mut i = 0;
+        while i < ws.len() {
+            let e = entries[i];
+            let j = i + entries[i..].iter().take_while(|x| x.id == e.id).count();
             if prepared.as_ref().map(|(id, _)| *id) != Some(e.module) {
                 prepared = Some((e.module, prepare_for(e, &acts)?));
             }
             let p = &prepared.as_ref().expect("just prepared").1;
-            let mut y = vec![0f32; m * l.w.n()];
-            matmul_prepared(e, &l.w, p, &mut y)?;
+            let mut jobs: Vec<(ternforge::PackedWeights<'a>, &mut [f32])> = ws[i..j]
+                .iter()
+                .zip(outs[i..j].iter_mut())
+                .map(|(l, y)| (l.w, y.as_mut_slice()))
+                .collect();
+            matmul_prepared_many(e, &mut jobs, p)?;
+            *self.kernel_calls.entry(e.id).or_default() += (j - i) as u64;
+            i = j;
+        }
+        for (l, y) in ws.iter().zip(outs.iter_mut()) {
             if let Some(sc) = l.scale {
                 y.iter_mut().for_each(|v| *v *= sc);
             }
-            *self.kernel_calls.entry(e.id).or_default() += 1;
-            outs.push(y);
         }
         Ok(outs)
     }
@@ -246,39 +420,19 @@ impl<'m, 'a> Session<'m, 'a> {
             let scale = 1.0 / (hd as f32).sqrt();
             // per (token, head): softmax(q·K / sqrt(hd)) · V over positions 0..=pos
             let mut att = vec![0f32; m * d];
+            let attend = attention_kernel();
             att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
                 let (t, head) = (idx / nh, idx % nh);
                 let kvh = head / group;
                 let qv = &q[t * d + head * hd..t * d + (head + 1) * hd];
                 let n_pos = pos0 + t + 1;
-                let mut scores: Vec<f32> = (0..n_pos)
-                    .map(|p| {
-                        let kv = &kc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                        dot(qv, kv) * scale
-                    })
-                    .collect();
-                let mx = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    // exp(-50) is 2e-22 of the largest term (which is 1): far below f32
-                    // resolution. Dropping such terms keeps the result and keeps subnormal
-                    // floats (tens of cycles each on x86) out of the loops.
-                    let d = *s - mx;
-                    *s = if d > -50.0 { d.exp() } else { 0.0 };
-                    sum += *s;
-                }
-                out.fill(0.0);
-                let inv = 1.0 / sum;
-                for (p, s) in scores.iter().enumerate() {
-                    if *s == 0.0 {
-                        continue;
-                    }
-                    let w = s * inv;
-                    let vv = &vc[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    for (o, v) in out.iter_mut().zip(vv) {
-                        *o += w * v;
-                    }
-                }
+                let kv = KvView {
+                    k: &kc[..n_pos * kvd],
+                    v: &vc[..n_pos * kvd],
+                    stride: kvd,
+                    off: kvh * hd,
+                };
+                attend(qv, &kv, scale, out);
             });
             rms_norm(&mut att, &layer.attn_sub_norm, cfg.eps);
             let o = self.project(&att, m, &[layer.o])?.pop().expect("o");
