@@ -9,7 +9,7 @@
 //!   weights from DRAM (cycling over copies totalling more than the cache), one thread and all
 //!   threads, as GB/s of weight bytes and % of the measured DRAM bandwidth, plus end to end
 //!   (activation quantization and preparation included); GEMM m=128 on 2560x6912 as GMAC/s and
-//!   % of the int8 peak; quantize / dequantize of 1M elements as Gelem/s.
+//!   % of the int8 peak; quantize / dequantize of 1M elements as Gelem/s (median call).
 
 use super::Error;
 use rayon::prelude::*;
@@ -283,6 +283,22 @@ fn best_call(time: Duration, mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// Median seconds of one call of `f` over about `time` of repeated calls (short kernels on a
+/// shared machine: the median ignores the calls a neighbour interrupted, unlike the mean,
+/// without taking the luckiest call like the minimum).
+fn median_call(time: Duration, mut f: impl FnMut()) -> f64 {
+    f(); // warm up
+    let start = Instant::now();
+    let mut t: Vec<f64> = Vec::new();
+    while t.len() < 5 || start.elapsed() < time {
+        let c = Instant::now();
+        f();
+        t.push(c.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
 /// Run `f` repeatedly for about `time` (at least `min` calls); seconds per call.
 fn time_per_call(time: Duration, min: usize, mut f: impl FnMut()) -> f64 {
     f(); // warm up
@@ -435,7 +451,7 @@ impl Ctx<'_> {
         let (n, k) = (1024, 1024);
         let w = weights(n, k);
         let t = self.one.install(|| {
-            time_per_call(self.budget.time, 1, || {
+            median_call(self.budget.time, || {
                 black_box(quantize_with(e, self.f, black_box(&w), n, k).expect("quantize"));
             })
         });
@@ -456,7 +472,7 @@ impl Ctx<'_> {
         let w = PackedWeights::new(self.f, &packed, n, k)?;
         let mut out = vec![0f32; n * k];
         let t = self.one.install(|| {
-            time_per_call(self.budget.time, 1, || {
+            median_call(self.budget.time, || {
                 dequantize_with(e, &w, &mut out).expect("dequantize");
                 black_box(&out);
             })
