@@ -7,16 +7,11 @@ use ternforge::{
     Format, KernelError, PackedWeights,
 };
 
+mod common;
+
 fn weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n * k)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 33) % 3) as f32 * 0.5 - 0.5
-        })
-        .collect()
+    let mut rng = common::Rng::new(seed);
+    (0..n * k).map(|_| rng.trit() as f32 * 0.5).collect()
 }
 
 #[test]

@@ -59,12 +59,16 @@ pub fn dot_scalar(row: &[u8], h: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// Software prefetch distance (bytes) of the SIMD head dots: the head is streamed row after
+/// row, so this lands a few rows ahead.
+#[cfg(target_arch = "x86_64")]
+const HEAD_PREFETCH: usize = 16 << 10;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Software prefetch distance in bytes of F16 head rows.
-    const PF: usize = 16 << 10;
+    use super::HEAD_PREFETCH as PF;
 
     pub fn dot_avx512(row: &[u8], h: &[f32]) -> f32 {
         assert_eq!(row.len(), 2 * h.len());
@@ -258,8 +262,7 @@ pub fn dot_q8_scalar(w: &[i8], a: &[u8]) -> i32 {
 mod x86q8 {
     use std::arch::x86_64::*;
 
-    /// Software prefetch distance in bytes of int8 head rows.
-    const PF: usize = 16 << 10;
+    use super::HEAD_PREFETCH as PF;
 
     pub fn dot_vnni(w: &[i8], a: &[u8]) -> i32 {
         assert_eq!(w.len(), a.len());

@@ -712,9 +712,7 @@ fn gen_tile(
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
     let classes = scaled_classes(b, plan, r, c);
-    // tensor-scale layouts stream best with far prefetches into L2, block-scale layouts
-    // (compute-heavier per byte) with near ones into L1 (measured; see prefetch_distance)
-    let far = spec.scale != ScaleRule::BlockF16;
+    let far = far_prefetch(spec);
     let accs: Vec<Ident> = (0..r)
         .flat_map(|i| (0..c).map(move |j| (i, j)))
         .flat_map(|(i, j)| match &classes {
@@ -845,9 +843,15 @@ fn gen_tile(
     }
 }
 
+/// Tensor-scale layouts stream best with far prefetches into L2, block-scale layouts
+/// (compute-heavier per byte) with near ones into L1 (measured; see `prefetch_distance`).
+fn far_prefetch(spec: &FormatSpec) -> bool {
+    spec.scale != ScaleRule::BlockF16
+}
+
 fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
     let name = format_ident!("mm{}x{}", t.rows, t.cols);
-    let far = spec.scale != ScaleRule::BlockF16;
+    let far = far_prefetch(spec);
     let full = format_ident!("tile_{}x{}", t.rows, t.cols);
     let rowcol = format_ident!("tile_{}x1", t.rows);
     let (tr, tc) = (lit(t.rows), lit(t.cols));

@@ -71,8 +71,6 @@ struct Budget {
     time: Duration,
     /// Bytes of distinct weight copies the GEMV cycles over.
     weight_set: usize,
-    /// DRAM stream buffer.
-    stream: usize,
 }
 
 pub fn run(args: Args) -> Result<(), Error> {
@@ -94,13 +92,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         Budget {
             time: Duration::from_millis(250),
             weight_set: 96 << 20,
-            stream: 256 << 20,
         }
     } else {
         Budget {
             time: Duration::from_millis(1000),
             weight_set: (288usize << 20).max(4 * llc),
-            stream: (1usize << 30).max(8 * llc),
         }
     };
     if !args.json && budget.weight_set < 2 * llc {
@@ -135,7 +131,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
     };
     progress("DRAM read bandwidth");
-    let (bw1, bwn) = dram_bandwidth(&one, budget.stream, if args.quick { 3 } else { 5 });
+    let (bw1, bwn) = dram_reference(&one, args.quick);
     progress("int8 peak");
     let (peak, peak_kind) = one.install(|| int8_peak(budget.time));
     let machine = Machine {
@@ -185,7 +181,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     // shared with neighbours varies over the run; the conservative reference is the best
     // one seen). Percentages already computed are rescaled to them.
     progress("DRAM read bandwidth and int8 peak again");
-    let (bw1b, bwnb) = dram_bandwidth(&one, budget.stream, if args.quick { 3 } else { 5 });
+    let (bw1b, bwnb) = dram_reference(&one, args.quick);
     let (peak_b, _) = one.install(|| int8_peak(budget.time));
     let mut machine = machine;
     let (bw1, bwn, peak) = (bw1.max(bw1b), bwn.max(bwnb), peak.max(peak_b));
@@ -494,7 +490,7 @@ impl Ctx<'_> {
 // ---------------------------------------------------------------------------------------------
 
 /// Size of the largest CPU cache in bytes (Linux sysfs; 0 when unknown).
-pub(super) fn llc_bytes() -> usize {
+fn llc_bytes() -> usize {
     let mut best = 0;
     for i in 0..8 {
         let p = format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size");
@@ -540,10 +536,20 @@ fn read_sum(s: &[u64], pf: usize) -> u64 {
     acc.iter().chain(rest).fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
+/// The DRAM read reference of both benches (GB/s: one thread, all threads): a buffer of
+/// max(1 GiB, 8 x the last-level cache), best of 5 passes (`quick`: 256 MiB, 3 passes).
+pub(super) fn dram_reference(one: &rayon::ThreadPool, quick: bool) -> (f64, f64) {
+    if quick {
+        dram_bandwidth(one, 256 << 20, 3)
+    } else {
+        dram_bandwidth(one, (1usize << 30).max(8 * llc_bytes()), 5)
+    }
+}
+
 /// Best-of-`passes` read bandwidth in GB/s over a `bytes` buffer: one thread, all threads.
 /// Each pass is the best of a plain streaming sum and sums with software prefetch at a few
 /// distances (the kernels prefetch too, so the reference must not be a weaker reader).
-pub(super) fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
+fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
     let words = bytes / 8;
     // written (not calloc'ed zero pages) so every page is really backed by DRAM
     let buf: Vec<u64> = (0..words as u64).collect();

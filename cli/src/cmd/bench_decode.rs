@@ -118,13 +118,7 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
         eprintln!("  measuring DRAM read bandwidth ({threads} threads)...");
     }
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
-    let stream = if quick {
-        256 << 20
-    } else {
-        (1usize << 30).max(8 * super::bench::llc_bytes())
-    };
-    let passes = if quick { 3 } else { 5 };
-    let (_, bw_before) = super::bench::dram_bandwidth(&one, stream, passes);
+    let (_, bw_before) = super::bench::dram_reference(&one, quick);
 
     // token ids spread over the vocabulary (deterministic)
     let prompt: Vec<u32> = (0..a.prompt_tokens)
@@ -164,7 +158,7 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
     let decode_kernels: Vec<String> = s.kernel_calls.keys().map(|k| k.to_string()).collect();
     // measured again after the run; the higher figure sets the floor (the conservative
     // choice on a machine whose bandwidth varies with its neighbours)
-    let (_, bw_after) = super::bench::dram_bandwidth(&one, stream, passes);
+    let (_, bw_after) = super::bench::dram_reference(&one, quick);
     let bw = bw_before.max(bw_after);
 
     // KV cache read per decoded token: K and V of every layer for every position so far
