@@ -331,6 +331,45 @@ pub fn absmax(x: &[f32]) -> f32 {
     lanes[0]
 }
 
+/// [`absmax`] of `x` fused with a per-element map into `out` (`out[i] = code(x[i])` for
+/// `i < x.len()`, `out` at least as long as `x`): one pass over the input for both, same
+/// lanes and NaN rule as [`absmax`]. Used by the LUT quantizers.
+#[doc(hidden)]
+#[inline(always)]
+pub fn absmax_codes(x: &[f32], out: &mut [u8], code: impl Fn(f32) -> u8) -> f32 {
+    #[inline(always)]
+    fn mx(a: f32, b: f32) -> f32 {
+        if b > a {
+            b
+        } else {
+            a
+        }
+    }
+    let out = &mut out[..x.len()];
+    let mut lanes = [0f32; 64];
+    let chunks = x.chunks_exact(64);
+    let rest = chunks.remainder();
+    let mut oc = out.chunks_exact_mut(64);
+    for (c, o) in chunks.zip(&mut oc) {
+        for ((l, &v), o) in lanes.iter_mut().zip(c).zip(o.iter_mut()) {
+            *l = mx(*l, v.abs());
+            *o = code(v);
+        }
+    }
+    for ((l, &v), o) in lanes.iter_mut().zip(rest).zip(oc.into_remainder()) {
+        *l = mx(*l, v.abs());
+        *o = code(v);
+    }
+    let mut w = 32;
+    while w > 0 {
+        for i in 0..w {
+            lanes[i] = mx(lanes[i], lanes[i + w]);
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
 /// Software prefetch distance (bytes) used by the generated matmul kernels: each weight load
 /// also prefetches the byte this far ahead in the same row stream, i.e. into later row
 /// tiles. `far` (tensor-scale layouts, prefetched into L2): 64 KiB, measured best on an

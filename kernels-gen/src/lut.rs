@@ -336,25 +336,46 @@ fn gen_prepare(triples: bool) -> TokenStream {
 }
 
 fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
-    let tri = if triples {
-        quote! {
-            // two triples per index byte, eight per sign byte
-            for c in 0..g.t / 2 {
-                let e = 6 * c;
-                let v0 = 9 * w[e] + 3 * w[e + 1] + w[e + 2];
-                let v1 = 9 * w[e + 3] + 3 * w[e + 4] + w[e + 5];
-                o[base + c * BM + r] = v0.unsigned_abs() | (v1.unsigned_abs() << 4);
-                let signs = (v0 < 0) as u8 | (((v1 < 0) as u8) << 1);
-                o[base + g.sign_offset() + (c / 4) * BM + r] |= signs << (2 * (c % 4));
-            }
-        }
+    let (tri_setup, tri_pack) = if triples {
+        (
+            quote! {
+                // one negative flag per triple of the row (0 past T, a whole sign byte each)
+                let mut neg = vec![0u8; g.t.div_ceil(8) * 8];
+                // `v + 13` of every triple of the row
+                let mut tv = vec![0u8; g.t];
+            },
+            quote! {
+                // `9*u0 + 3*u1 + u2 = v + 13` of every triple, for codes `u = w + 1`
+                for (d, ch) in tv.iter_mut().zip(u[..3 * g.t].chunks_exact(3)) {
+                    *d = 9 * ch[0] + 3 * ch[1] + ch[2];
+                }
+                for (ng, &t) in neg.iter_mut().zip(&tv) {
+                    *ng = (t < 13) as u8;
+                }
+                let (mag, rest) = dst.split_at_mut(g.t / 2);
+                for (m, p) in mag.iter_mut().zip(tv.chunks_exact(2)) {
+                    *m = p[0].abs_diff(13) | (p[1].abs_diff(13) << 4);
+                }
+                // eight 0/1 flag bytes -> one byte, flag `j` at bit `j`: the product moves
+                // byte `j`'s bit to bit `56 + j`; no two partial products meet there
+                for (s, ch) in rest.iter_mut().zip(neg.chunks_exact(8)) {
+                    let f = u64::from_le_bytes([ch[0], ch[1], ch[2], ch[3], ch[4], ch[5], ch[6], ch[7]]);
+                    *s = (f.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
+                }
+            },
+        )
     } else {
-        quote! {}
+        (quote! {}, quote! {})
     };
     quote! {
         /// Quantize `n x k` f32 weights (bitnet.cpp sign/absmax rule), byte-exact with
         /// `reference::lut::encode`: `|x| < 1e-6` (compared in f64, i.e. `|x| < T32` in f32)
         /// is 0, else the sign; the f32 tensor max is exact.
+        ///
+        /// Per row, vectorisable passes turn the floats into codes `w + 1` (0, 1, 2) and the
+        /// codes into the row's chunk bytes (contiguous); a tile's 32 rows are then
+        /// interleaved into the chunk layout by zipping rows pairwise (u8 -> u16 -> u32 ->
+        /// u64), so every chunk is written as four 8-byte words.
         ///
         /// # Safety
         /// `src` holds `n * k` values and `out` has room for the format's tensor size.
@@ -364,47 +385,74 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
             let total = g.codes_bytes() + crate::reference::lut::TAIL;
             let all = core::slice::from_raw_parts(src, n * k);
             let o = core::slice::from_raw_parts_mut(out, total);
-            o.fill(0);
             // the tensor max is folded in row by row (one pass over the input)
             let mut tmax = 0f32;
+            /// `code + 1` of one weight: branch-free `|v| < T32 -> 1, v > 0 -> 2, else 0`
+            /// (NaN: 0, i.e. code -1).
             #[inline(always)]
-            fn code(v: f32) -> i8 {
+            fn ucode(v: f32) -> u8 {
                 const T32: f32 = 1.0000001e-6;
-                // branch-free `if |v| < T32 { 0 } else if v > 0 { 1 } else { -1 }` (NaN: -1)
                 let pos = v >= T32;
                 let small = v.abs() < T32;
-                pos as i8 - (!(pos | small)) as i8
+                pos as u8 + (pos | small) as u8
             }
-            // pair elements past K (and rows past N) are zero weights (TL1 index 4)
-            let (pb, po) = (g.pair_base(), g.pair_offset());
-            // one row of ternary codes, zero padded to the padded K (the float work is one
-            // vectorisable pass; the packing below only moves bytes)
-            let mut w = vec![0i8; pb + g.pair_elems];
-            for row in 0..g.tiles * BM {
-                let base = (row / BM) * g.tile_bytes;
-                let r = row % BM;
-                if row < n {
+            let (pb, po) = (g.pair_base(), g.pair_offset() / BM);
+            let chunks = g.tile_bytes / BM;
+            // one row of codes + 1; elements past K stay 1 (zero weights; TL1 index 4)
+            let mut u = vec![1u8; pb + g.pair_elems];
+            #tri_setup
+            // the chunk bytes of a tile's rows (row-major), then the zip stages
+            let mut rb = vec![0u8; BM * chunks];
+            let mut w16 = vec![0u16; BM / 2 * chunks];
+            let mut w32 = vec![0u32; BM / 4 * chunks];
+            let mut w64 = vec![0u64; BM / 8 * chunks];
+            // a row past N: zero weights (TL2 magnitude 0 with sign 0, TL1 index 4)
+            let mut pad = vec![0u8; chunks];
+            pad[po..].fill(0x44);
+            for (ti, tile) in o[..g.codes_bytes()].chunks_exact_mut(g.tile_bytes).enumerate() {
+                for (r, dst) in rb.chunks_exact_mut(chunks).enumerate() {
+                    let row = ti * BM + r;
+                    if row >= n {
+                        dst.copy_from_slice(&pad);
+                        continue;
+                    }
                     let src = &all[row * k..(row + 1) * k];
-                    let rmax = crate::absmax(src);
+                    let rmax = crate::absmax_codes(src, &mut u, ucode);
                     if rmax > tmax {
                         tmax = rmax;
                     }
-                    for (c, &v) in w.iter_mut().zip(src) {
-                        *c = code(v);
+                    #tri_pack
+                    // pair bytes: `3*u0 + u1 = 3*w0 + w1 + 4`
+                    for (p, ch) in dst[po..].iter_mut().zip(u[pb..].chunks_exact(4)) {
+                        *p = (3 * ch[0] + ch[1]) | ((3 * ch[2] + ch[3]) << 4);
                     }
-                    #tri
-                    for c in 0..g.pair_elems / 4 {
-                        let e = pb + 4 * c;
-                        let lo = (3 * w[e] + w[e + 1] + 4) as u8;
-                        let hi = (3 * w[e + 2] + w[e + 3] + 4) as u8;
-                        o[base + po + c * BM + r] = lo | (hi << 4);
+                }
+                // zip rows (2i, 2i + 1) -> u16, then pairs of those -> u32 -> u64
+                for (i, d) in w16.chunks_exact_mut(chunks).enumerate() {
+                    let (a, b) = (&rb[2 * i * chunks..], &rb[(2 * i + 1) * chunks..]);
+                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                        *d = a as u16 | (b as u16) << 8;
                     }
-                } else {
-                    for c in 0..g.pair_elems / 4 {
-                        o[base + po + c * BM + r] = 0x44;
+                }
+                for (i, d) in w32.chunks_exact_mut(chunks).enumerate() {
+                    let (a, b) = (&w16[2 * i * chunks..], &w16[(2 * i + 1) * chunks..]);
+                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                        *d = a as u32 | (b as u32) << 16;
+                    }
+                }
+                for (i, d) in w64.chunks_exact_mut(chunks).enumerate() {
+                    let (a, b) = (&w32[2 * i * chunks..], &w32[(2 * i + 1) * chunks..]);
+                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                        *d = a as u64 | (b as u64) << 32;
+                    }
+                }
+                for (c, ch) in tile.chunks_exact_mut(BM).enumerate() {
+                    for (q, word) in ch.chunks_exact_mut(8).enumerate() {
+                        word.copy_from_slice(&w64[q * chunks + c].to_le_bytes());
                     }
                 }
             }
+            o[g.codes_bytes()..].fill(0);
             let s = tmax.to_le_bytes();
             o[g.codes_bytes()..g.codes_bytes() + 4].copy_from_slice(&s);
         }
