@@ -98,6 +98,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let prepare = gen_prepare(triples);
     let quantize = gen_quantize(triples, &tf);
     let dequantize = gen_dequantize(triples, &tf);
+    let zip = gen_zip();
     let flush = gen_flush(row.isa, &tf);
 
     let mut cols: Vec<usize> = row.tiles.iter().map(|t| t.cols).collect();
@@ -164,6 +165,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         }
 
         #prepare
+        #zip
         #quantize
         #dequantize
         #flush
@@ -403,9 +405,7 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
             #tri_setup
             // the chunk bytes of a tile's rows (row-major), then the zip stages
             let mut rb = vec![0u8; BM * chunks];
-            let mut w16 = vec![0u16; BM / 2 * chunks];
-            let mut w32 = vec![0u32; BM / 4 * chunks];
-            let mut w64 = vec![0u64; BM / 8 * chunks];
+            let mut z = ZipBuf::new(chunks);
             // a row past N: zero weights (TL2 magnitude 0 with sign 0, TL1 index 4)
             let mut pad = vec![0u8; chunks];
             pad[po..].fill(0x44);
@@ -427,34 +427,100 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
                         *p = (3 * ch[0] + ch[1]) | ((3 * ch[2] + ch[3]) << 4);
                     }
                 }
-                // zip rows (2i, 2i + 1) -> u16, then pairs of those -> u32 -> u64
-                for (i, d) in w16.chunks_exact_mut(chunks).enumerate() {
-                    let (a, b) = (&rb[2 * i * chunks..], &rb[(2 * i + 1) * chunks..]);
-                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                        *d = a as u16 | (b as u16) << 8;
-                    }
-                }
-                for (i, d) in w32.chunks_exact_mut(chunks).enumerate() {
-                    let (a, b) = (&w16[2 * i * chunks..], &w16[(2 * i + 1) * chunks..]);
-                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                        *d = a as u32 | (b as u32) << 16;
-                    }
-                }
-                for (i, d) in w64.chunks_exact_mut(chunks).enumerate() {
-                    let (a, b) = (&w32[2 * i * chunks..], &w32[(2 * i + 1) * chunks..]);
-                    for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
-                        *d = a as u64 | (b as u64) << 32;
-                    }
-                }
-                for (c, ch) in tile.chunks_exact_mut(BM).enumerate() {
-                    for (q, word) in ch.chunks_exact_mut(8).enumerate() {
-                        word.copy_from_slice(&w64[q * chunks + c].to_le_bytes());
-                    }
-                }
+                zip_tile(&rb, &mut z, tile);
             }
             o[g.codes_bytes()..].fill(0);
             let s = tmax.to_le_bytes();
             o[g.codes_bytes()..g.codes_bytes() + 4].copy_from_slice(&s);
+        }
+    }
+}
+
+/// Helpers shared by quantize and dequantize: a tile's chunk layout (chunk `c` = byte `r` of
+/// every row `r`) to and from row-major chunk bytes (`rb[r * chunks + c]`), by zipping rows
+/// pairwise through u16, u32 and u64 lanes (vectorisable, one 8-byte word per 8 rows).
+fn gen_zip() -> TokenStream {
+    quote! {
+        /// Scratch of the zip stages for tiles of `chunks` chunks.
+        struct ZipBuf {
+            chunks: usize,
+            w16: Vec<u16>,
+            w32: Vec<u32>,
+            w64: Vec<u64>,
+        }
+
+        impl ZipBuf {
+            fn new(chunks: usize) -> ZipBuf {
+                ZipBuf {
+                    chunks,
+                    w16: vec![0; BM / 2 * chunks],
+                    w32: vec![0; BM / 4 * chunks],
+                    w64: vec![0; BM / 8 * chunks],
+                }
+            }
+        }
+
+        /// Row-major chunk bytes `rb` (BM rows) -> the tile's chunk layout.
+        #[inline(always)]
+        fn zip_tile(rb: &[u8], z: &mut ZipBuf, tile: &mut [u8]) {
+            let ch = z.chunks;
+            for (i, d) in z.w16.chunks_exact_mut(ch).enumerate() {
+                let (a, b) = (&rb[2 * i * ch..], &rb[(2 * i + 1) * ch..]);
+                for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                    *d = a as u16 | (b as u16) << 8;
+                }
+            }
+            for (i, d) in z.w32.chunks_exact_mut(ch).enumerate() {
+                let (a, b) = (&z.w16[2 * i * ch..], &z.w16[(2 * i + 1) * ch..]);
+                for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                    *d = a as u32 | (b as u32) << 16;
+                }
+            }
+            for (i, d) in z.w64.chunks_exact_mut(ch).enumerate() {
+                let (a, b) = (&z.w32[2 * i * ch..], &z.w32[(2 * i + 1) * ch..]);
+                for ((d, &a), &b) in d.iter_mut().zip(a).zip(b) {
+                    *d = a as u64 | (b as u64) << 32;
+                }
+            }
+            for (c, chunk) in tile.chunks_exact_mut(BM).enumerate() {
+                for (q, word) in chunk.chunks_exact_mut(8).enumerate() {
+                    word.copy_from_slice(&z.w64[q * ch + c].to_le_bytes());
+                }
+            }
+        }
+
+        /// The tile's chunk layout -> row-major chunk bytes `rb` (BM rows).
+        #[inline(always)]
+        fn unzip_tile(tile: &[u8], z: &mut ZipBuf, rb: &mut [u8]) {
+            let ch = z.chunks;
+            for (c, chunk) in tile.chunks_exact(BM).enumerate() {
+                for (q, word) in chunk.chunks_exact(8).enumerate() {
+                    z.w64[q * ch + c] = u64::from_le_bytes([
+                        word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7],
+                    ]);
+                }
+            }
+            for (i, s) in z.w64.chunks_exact(ch).enumerate() {
+                let (a, b) = z.w32[2 * i * ch..(2 * i + 2) * ch].split_at_mut(ch);
+                for ((a, b), &s) in a.iter_mut().zip(b.iter_mut()).zip(s) {
+                    *a = s as u32;
+                    *b = (s >> 32) as u32;
+                }
+            }
+            for (i, s) in z.w32.chunks_exact(ch).enumerate() {
+                let (a, b) = z.w16[2 * i * ch..(2 * i + 2) * ch].split_at_mut(ch);
+                for ((a, b), &s) in a.iter_mut().zip(b.iter_mut()).zip(s) {
+                    *a = s as u16;
+                    *b = (s >> 16) as u16;
+                }
+            }
+            for (i, s) in z.w16.chunks_exact(ch).enumerate() {
+                let (a, b) = rb[2 * i * ch..(2 * i + 2) * ch].split_at_mut(ch);
+                for ((a, b), &s) in a.iter_mut().zip(b.iter_mut()).zip(s) {
+                    *a = s as u8;
+                    *b = (s >> 8) as u8;
+                }
+            }
         }
     }
 }
@@ -464,7 +530,7 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
         (
             quote! {
                 // (index byte, its two sign bits) -> six scaled weights
-                let mut tri = vec![[0f32; 6]; 1024];
+                let mut tri: Box<[[f32; 6]; 1024]> = Box::new([[0f32; 6]; 1024]);
                 for (key, t) in tri.iter_mut().enumerate() {
                     let (b, s) = (key & 255, key >> 8);
                     for h in 0..2 {
@@ -476,12 +542,26 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
                         }
                     }
                 }
+                let tri = &*tri;
             },
             quote! {
-                for c in 0..g.t / 2 {
-                    let b = d[base + c * BM + r] as usize;
-                    let s = ((d[base + so + (c / 4) * BM + r] >> (2 * (c % 4))) & 3) as usize;
-                    o[6 * c..6 * c + 6].copy_from_slice(&tri[b | (s << 8)]);
+                let (mag, rest) = bytes.split_at(g.t / 2);
+                let sgn = &rest[..g.t.div_ceil(8)];
+                // eight triples (four magnitude bytes, one sign byte) = 24 weights at a time
+                // (plain indices: the iterator form kept its state on the stack)
+                for g8 in 0..g.t / 8 {
+                    let s = sgn[g8] as usize;
+                    let m = &mag[4 * g8..4 * g8 + 4];
+                    let o24 = &mut o[24 * g8..24 * g8 + 24];
+                    o24[0..6].copy_from_slice(&tri[m[0] as usize | (s & 3) << 8]);
+                    o24[6..12].copy_from_slice(&tri[m[1] as usize | (s >> 2 & 3) << 8]);
+                    o24[12..18].copy_from_slice(&tri[m[2] as usize | (s >> 4 & 3) << 8]);
+                    o24[18..24].copy_from_slice(&tri[m[3] as usize | (s >> 6) << 8]);
+                }
+                // the last (T mod 8) triples
+                for c in 4 * (g.t / 8)..g.t / 2 {
+                    let key = mag[c] as usize | ((sgn[c / 4] as usize >> (2 * (c % 4))) & 3) << 8;
+                    o[6 * c..6 * c + 6].copy_from_slice(&tri[key]);
                 }
             },
         )
@@ -489,8 +569,9 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
         (quote! {}, quote! {})
     };
     quote! {
-        /// Dequantize `n x k` weights to f32 (`w * scale`) through per-call tables of scaled
-        /// weights (one lookup per index byte).
+        /// Dequantize `n x k` weights to f32 (`w * scale`): per tile the chunk layout is
+        /// unzipped into row-major bytes, then every row is written front to back through
+        /// per-call tables of scaled weights (one lookup per index byte).
         ///
         /// # Safety
         /// `data` holds a valid tensor of this format and shape, `out` has room for `n * k`
@@ -511,23 +592,28 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
                 }
             }
             #tri_setup
-            let (pb, so, po) = (g.pair_base(), g.sign_offset(), g.pair_offset());
+            let (pb, po) = (g.pair_base(), g.pair_offset() / BM);
+            let chunks = g.tile_bytes / BM;
+            let mut rb = vec![0u8; BM * chunks];
+            let mut z = ZipBuf::new(chunks);
             let dst = core::slice::from_raw_parts_mut(out, n * k);
-            for row in 0..n {
-                let base = (row / BM) * g.tile_bytes;
-                let r = row % BM;
-                let o = &mut dst[row * k..(row + 1) * k];
-                #tri
-                for c in 0..g.pair_elems / 4 {
-                    let e = pb + 4 * c;
-                    let w = &pair[d[base + po + c * BM + r] as usize];
-                    if e + 4 <= k {
-                        o[e..e + 4].copy_from_slice(w);
-                    } else {
-                        // the padded last chunk: only the elements inside K
-                        for (i, &v) in w.iter().enumerate().take(k - e) {
-                            o[e + i] = v;
-                        }
+            for (ti, tile) in d[..cb].chunks_exact(g.tile_bytes).enumerate() {
+                unzip_tile(tile, &mut z, &mut rb);
+                let rows = (n - ti * BM).min(BM);
+                let tile_out = &mut dst[ti * BM * k..(ti * BM + rows) * k];
+                for (o, bytes) in tile_out.chunks_exact_mut(k).zip(rb.chunks_exact(chunks)) {
+                    #tri
+                    // pair chunks: four weights per byte, the last one cut at K
+                    let pairs = &bytes[po..];
+                    let po_out = &mut o[pb..];
+                    let whole = po_out.len() / 4;
+                    for (o4, &b) in po_out.chunks_exact_mut(4).zip(pairs) {
+                        o4.copy_from_slice(&pair[b as usize]);
+                    }
+                    let tail = po_out.len() % 4;
+                    if tail > 0 {
+                        let w = &pair[pairs[whole] as usize];
+                        po_out[4 * whole..].copy_from_slice(&w[..tail]);
                     }
                 }
             }
