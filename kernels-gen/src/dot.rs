@@ -375,22 +375,32 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
             }
         }
         crate::table::CodeRule::Base3 => quote! {
+            // the block's codes first (one contiguous vectorisable pass), then the base-3
+            // digits from them in u8 lanes (5 digits <= 242)
+            let mut c = [0u8; 256];
+            for (c, i) in c.iter_mut().zip(0..256usize) {
+                *c = code(*x.add(i), id);
+            }
+            #[inline(always)]
+            fn byte(q: u8) -> u8 {
+                ((q as u16 * 256 + 242) / 243) as u8
+            }
             // qs[0..32]: elements n*32 + m; qs[32..48]: 160 + n*16 + m; qh: 240 + n*4 + j
+            let (q0, q1) = (&c[..160], &c[160..240]);
             for mm in 0..32usize {
-                let mut q: u16 = 0;
-                for t in 0..5usize { q = q * 3 + code(*x.add(t * 32 + mm), id) as u16; }
-                *o.add(mm) = ((q * 256 + 242) / 243) as u8;
+                let q = (((q0[mm] * 3 + q0[32 + mm]) * 3 + q0[64 + mm]) * 3 + q0[96 + mm]) * 3
+                    + q0[128 + mm];
+                *o.add(mm) = byte(q);
             }
             for mm in 0..16usize {
-                let mut q: u16 = 0;
-                for t in 0..5usize { q = q * 3 + code(*x.add(160 + t * 16 + mm), id) as u16; }
-                *o.add(32 + mm) = ((q * 256 + 242) / 243) as u8;
+                let q = (((q1[mm] * 3 + q1[16 + mm]) * 3 + q1[32 + mm]) * 3 + q1[48 + mm]) * 3
+                    + q1[64 + mm];
+                *o.add(32 + mm) = byte(q);
             }
+            let q2 = &c[240..];
             for j in 0..4usize {
-                let mut q: u16 = 0;
-                for t in 0..4usize { q = q * 3 + code(*x.add(240 + t * 4 + j), id) as u16; }
-                q *= 3;
-                *o.add(48 + j) = ((q * 256 + 242) / 243) as u8;
+                let q = (((q2[j] * 3 + q2[4 + j]) * 3 + q2[8 + j]) * 3 + q2[12 + j]) * 3;
+                *o.add(48 + j) = byte(q);
             }
         },
         _ => unreachable!(),
