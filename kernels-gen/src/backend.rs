@@ -75,6 +75,36 @@ pub trait Backend {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         quote! { half::f16::from_le_bytes([*#ptr, *#ptr.add(1)]).to_f32() }
     }
+    /// Four-row block flush (block-scale formats), when the ISA has 4-lane f32 vectors:
+    /// `Some(ty)` is the type of a 4-lane f32 accumulator. With it, `hsum4`, `quad_zero`,
+    /// `quad_update` and `quad_store` must be implemented.
+    fn quad_ty(&self) -> Option<TokenStream> {
+        None
+    }
+    /// Expression: zero 4-lane f32 accumulator.
+    fn quad_zero(&self) -> TokenStream {
+        unreachable!("quad_zero without quad_ty")
+    }
+    /// Expression: a 4-lane i32 vector whose lane `i` is the horizontal sum of `accs[i]`
+    /// (exact: integer adds in any order).
+    fn hsum4(&self, _accs: [TokenStream; 4]) -> TokenStream {
+        unreachable!("hsum4 without quad_ty")
+    }
+    /// Statement: lane-wise `f[i] += d[i] * ((hs[i] - bsum) as f32)` with the product and the
+    /// sum rounded separately, exactly like the scalar `f += d * s as f32` of each row.
+    fn quad_update(
+        &self,
+        _f: &Ident,
+        _d: [TokenStream; 4],
+        _hs: TokenStream,
+        _bsum: TokenStream,
+    ) -> TokenStream {
+        unreachable!("quad_update without quad_ty")
+    }
+    /// Statement: store `f[i] / scale` at `out + i` (a `*mut f32` expression).
+    fn quad_store(&self, _f: &Ident, _scale: TokenStream, _out: TokenStream) -> TokenStream {
+        unreachable!("quad_store without quad_ty")
+    }
     /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`), into L2 when
     /// `far` (long-distance streaming) else into L1; nothing where the ISA has no portable
     /// hint. Prefetches never fault.
@@ -369,6 +399,56 @@ impl Backend for X86 {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps
         quote! { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((#ptr as *const u16).read_unaligned() as i32))) }
+    }
+    fn quad_ty(&self) -> Option<TokenStream> {
+        Some(quote! { __m128 })
+    }
+    fn quad_zero(&self) -> TokenStream {
+        quote! { _mm_setzero_ps() }
+    }
+    fn hsum4(&self, accs: [TokenStream; 4]) -> TokenStream {
+        let [a0, a1, a2, a3] = accs;
+        let (lo32, hi32, lo64, hi64, add) = (
+            self.f("unpacklo_epi32"),
+            self.f("unpackhi_epi32"),
+            self.f("unpacklo_epi64"),
+            self.f("unpackhi_epi64"),
+            self.f("add_epi32"),
+        );
+        // per 128-bit lane: [a0, a1, a0, a1] partial sums, then [a0, a1, a2, a3]; the lanes
+        // are then folded
+        let fold = if self.wide() {
+            quote! {
+                let h = _mm256_add_epi32(_mm512_castsi512_si256(q), _mm512_extracti64x4_epi64::<1>(q));
+                _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+            }
+        } else {
+            quote! { _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)) }
+        };
+        quote! {{
+            let (a0, a1, a2, a3) = (#a0, #a1, #a2, #a3);
+            let p01 = #add(#lo32(a0, a1), #hi32(a0, a1));
+            let p23 = #add(#lo32(a2, a3), #hi32(a2, a3));
+            let q = #add(#lo64(p01, p23), #hi64(p01, p23));
+            #fold
+        }}
+    }
+    fn quad_update(
+        &self,
+        f: &Ident,
+        d: [TokenStream; 4],
+        hs: TokenStream,
+        bsum: TokenStream,
+    ) -> TokenStream {
+        let [d0, d1, d2, d3] = d;
+        quote! {{
+            let d = _mm_setr_ps(#d0, #d1, #d2, #d3);
+            let s = _mm_cvtepi32_ps(_mm_sub_epi32(#hs, _mm_set1_epi32(#bsum)));
+            #f = _mm_add_ps(#f, _mm_mul_ps(d, s));
+        }}
+    }
+    fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
+        quote! { _mm_storeu_ps(#out, _mm_div_ps(#f, _mm_set1_ps(#scale))); }
     }
     fn code_scaled(&self, v: &Ident, shift: u32) -> Option<TokenStream> {
         if self.isa != Isa::Avx512Vnni {

@@ -174,6 +174,43 @@ impl Backend for Neon {
     fn dequant_step(&self) -> usize {
         4
     }
+    fn quad_ty(&self) -> Option<TokenStream> {
+        Some(quote! { float32x4_t })
+    }
+    fn quad_zero(&self) -> TokenStream {
+        quote! { vdupq_n_f32(0.0) }
+    }
+    fn hsum4(&self, accs: [TokenStream; 4]) -> TokenStream {
+        let [a0, a1, a2, a3] = accs;
+        // pairwise adds: [a0, a0, a1, a1] halves, then [a0, a1, a2, a3]
+        quote! {{
+            let (a0, a1, a2, a3) = (
+                vreinterpretq_s32_u8(#a0),
+                vreinterpretq_s32_u8(#a1),
+                vreinterpretq_s32_u8(#a2),
+                vreinterpretq_s32_u8(#a3),
+            );
+            vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3))
+        }}
+    }
+    fn quad_update(
+        &self,
+        f: &Ident,
+        d: [TokenStream; 4],
+        hs: TokenStream,
+        bsum: TokenStream,
+    ) -> TokenStream {
+        let [d0, d1, d2, d3] = d;
+        quote! {{
+            let d = [#d0, #d1, #d2, #d3];
+            let d = vld1q_f32(d.as_ptr());
+            let s = vcvtq_f32_s32(vsubq_s32(#hs, vdupq_n_s32(#bsum)));
+            #f = vaddq_f32(#f, vmulq_f32(d, s));
+        }}
+    }
+    fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
+        quote! { vst1q_f32(#out, vdivq_f32(#f, vdupq_n_f32(#scale))); }
+    }
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // `fcvt Sd, Hn` is base ARMv8 floating point (FEAT_FP16 only adds f16 arithmetic) and
         // converts exactly (subnormals, infinities; NaNs quieted as `half` does). The stable

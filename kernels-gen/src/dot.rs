@@ -759,7 +759,70 @@ fn gen_tile(
         None => quote! {},
     };
     let main = span_dots(b, &plan.main, r, c, classes.is_some(), far);
-    let body = if per_block {
+    let quad = b.quad_ty().filter(|_| r.is_multiple_of(4));
+    let body = if let (true, Some(qt)) = (per_block, quad) {
+        // four rows at a time: one 4-way horizontal sum per column and block, the block
+        // scales applied lane-wise (each lane is one row: same operations, same order, as
+        // the one-row flush below)
+        let groups = r / 4;
+        let fq = |g: usize, j: usize| format_ident!("fq{}_{}", g, j);
+        let fqs: Vec<Ident> = (0..groups)
+            .flat_map(|g| (0..c).map(move |j| fq(g, j)))
+            .collect();
+        let qz = b.quad_zero();
+        let flush = (0..groups).map(|g| {
+            let ds: Vec<Ident> = (0..4usize).map(|i| format_ident!("d{}", i)).collect();
+            let loads = (0..4).map(|i| {
+                let wp = format_ident!("w{}", 4 * g + i);
+                let dv = &ds[i];
+                let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
+                quote! { let #dv = #f16; }
+            });
+            let per_col = (0..c).map(|j| {
+                let accs: [TokenStream; 4] = core::array::from_fn(|i| {
+                    let a = format_ident!("acc{}_{}", 4 * g + i, j);
+                    quote! { #a }
+                });
+                let hs = b.hsum4(accs);
+                let jl = lit(j);
+                let d: [TokenStream; 4] = core::array::from_fn(|i| {
+                    let dv = &ds[i];
+                    quote! { #dv }
+                });
+                b.quad_update(
+                    &fq(g, j),
+                    d,
+                    hs,
+                    quote! { *acts.bsum.get_unchecked((col + #jl) * nb + blk) },
+                )
+            });
+            quote! {{
+                #(#loads)*
+                #(#per_col)*
+            }}
+        });
+        let stores = (0..groups).flat_map(|g| (0..c).map(move |j| (g, j))).map(|(g, j)| {
+            let f = fq(g, j);
+            let (rl, jl) = (lit(4 * g), lit(j));
+            b.quad_store(
+                &f,
+                quote! { *acts.scale.get_unchecked(col + #jl) },
+                quote! { out.add((col + #jl) * n + row + #rl) },
+            )
+        });
+        quote! {
+            #(let mut #fqs: #qt = #qz;)*
+            for blk in 0..nb {
+                let span_off = blk * #bb;
+                let span_elem = blk * MAIN_SLOTS;
+                #(let mut #accs: #vt = #zero;)*
+                #main
+                #merge
+                #(#flush)*
+            }
+            #(#stores)*
+        }
+    } else if per_block {
         let flush = (0..r).map(|i| {
             let wp = format_ident!("w{}", i);
             let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
