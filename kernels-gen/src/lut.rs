@@ -711,6 +711,11 @@ fn gen_tile(isa: Isa, triples: bool, c: usize, tf: &TokenStream) -> TokenStream 
         Isa::Neon => (neon_triples(c), neon_pairs(c)),
         _ => unreachable!(),
     };
+    // x86: software prefetch of the index stream into later tiles (tiles are contiguous)
+    let pf = match isa {
+        Isa::Avx2 | Isa::Avx512 => quote! { let pf = crate::prefetch_distance(g.tile_bytes, true); },
+        _ => quote! {},
+    };
     let tri = if triples {
         quote! {{
             let nmag = g.t / 2;
@@ -729,6 +734,7 @@ fn gen_tile(isa: Isa, triples: bool, c: usize, tf: &TokenStream) -> TokenStream 
             wt: *const u8, g: &LutGeometry, t: [*const i8; #cl], tri_bytes: usize,
             acc: &mut [[i32; BM]; #cl],
         ) {
+            #pf
             #tri
             {
                 let nch = g.pair_elems / 4;
@@ -807,6 +813,7 @@ fn avx2_step(c: usize, signed: bool) -> TokenStream {
     };
     quote! {
         let v = _mm256_loadu_si256(w.add(ch * BM) as *const __m256i);
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(ch * BM + pf) as *const i8);
         let il = _mm256_and_si256(v, nib);
         let ih = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nib);
         #(
@@ -885,6 +892,7 @@ fn avx2_triples(c: usize) -> TokenStream {
             #zero
             while grp < end {
                 let s = _mm256_loadu_si256(sg.add(grp * BM) as *const __m256i);
+                _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
                 #(#unrolled)*
                 grp += 1;
             }
@@ -961,6 +969,7 @@ fn avx512_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
 /// units' tables are zero, so their lanes add nothing).
 fn avx512_load(full: TokenStream) -> TokenStream {
     quote! {
+        _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(dc * 2 * BM + pf) as *const i8);
         let v = if #full {
             _mm512_loadu_si512(w.add(dc * 2 * BM) as *const _)
         } else {
@@ -1032,6 +1041,7 @@ fn avx512_triples(c: usize) -> TokenStream {
         #setup
         // sign chunk -> [rows 0-15 | rows 0-15 | rows 16-31 | rows 16-31], the index order
         let sign = |grp: usize| {
+            _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
             let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
             _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
         };
