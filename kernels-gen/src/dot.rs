@@ -150,7 +150,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         tiles.extend(gen_tile(spec, &*b, &plan, r, c, &tf));
     }
     for t in row.tiles {
-        tiles.extend(gen_matmul(spec, *t, &tf));
+        tiles.extend(gen_matmul(spec, &*b, *t, &tf));
     }
     let scale_doc = if per_block {
         "per-block f16 scales"
@@ -922,7 +922,7 @@ fn far_prefetch(spec: &FormatSpec) -> bool {
     spec.scale != ScaleRule::BlockF16
 }
 
-fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
+fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> TokenStream {
     let name = format_ident!("mm{}x{}", t.rows, t.cols);
     let far = far_prefetch(spec);
     let full = format_ident!("tile_{}x{}", t.rows, t.cols);
@@ -945,6 +945,22 @@ fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
             )
         }
     };
+    // the loads prefetch `pf` bytes ahead, so the first `pf` bytes of the range are fetched
+    // up front (tensor-scale layouts: a range starts a new DRAM stream)
+    let prologue_pf = if far_prefetch(spec) {
+        let p = b.prefetch(quote! { start.wrapping_add(o) }, true);
+        quote! {
+            let start = w.add(r0 * row_bytes);
+            let head = ((r1 - r0) * row_bytes).min(pf);
+            let mut o = 0;
+            while o < head {
+                #p
+                o += 64;
+            }
+        }
+    } else {
+        quote! {}
+    };
     let doc = format!(
         " Matmul with a {}x{} register tile over weight rows `r0..r1` and every activation row.",
         t.rows, t.cols
@@ -966,6 +982,7 @@ fn gen_matmul(spec: &FormatSpec, t: Tile, tf: &TokenStream) -> TokenStream {
             let m = acts.m;
             // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
             let pf = crate::prefetch_distance(row_bytes * #tr, #far);
+            #prologue_pf
             // Cache blocking: rows in blocks of about 256 KiB of weights (kept in L2), and
             // for each block the activation column tiles outermost, so that one column
             // tile's activations stay in L1 while the block's row tiles stream past them.
