@@ -216,20 +216,43 @@ fn attend_with(
         *s = dot(q, row(kv.k, p)) * scale;
     }
     let mx = w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0f32;
     for s in w.iter_mut() {
         // exp(-50) is 2e-22 of the largest term (which is 1): far below f32 resolution.
         // Dropping such terms keeps the result and keeps subnormal floats (tens of cycles
         // each on x86) out of the loops.
         let d = *s - mx;
-        *s = if d > -50.0 { d.exp() } else { 0.0 };
-        sum += *s;
+        *s = if d > -50.0 { exp_neg(d) } else { 0.0 };
     }
+    // 16 partial sums (vectorises; the terms are all positive)
+    let mut lanes = [0f32; 16];
+    let chunks = w.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let sum = lanes.iter().sum::<f32>() + rest.iter().sum::<f32>();
     let inv = 1.0 / sum;
     w.iter_mut().for_each(|s| *s *= inv);
-    // 16 output lanes at a time kept in registers over all positions (per output element
-    // the terms are added in position order, as in a plain loop)
+    // 128 (then 16) output lanes at a time kept in registers over all positions: eight
+    // independent accumulator vectors per position instead of one dependency chain (per
+    // output element the terms are added in position order, as in a plain loop)
     let mut c0 = 0;
+    while c0 + 128 <= hd {
+        let mut acc = [0f32; 128];
+        for (p, &wp) in w.iter().enumerate() {
+            if wp == 0.0 {
+                continue;
+            }
+            let v = &row(kv.v, p)[c0..c0 + 128];
+            for i in 0..128 {
+                acc[i] += wp * v[i];
+            }
+        }
+        out[c0..c0 + 128].copy_from_slice(&acc);
+        c0 += 128;
+    }
     while c0 + 16 <= hd {
         let mut acc = [0f32; 16];
         for (p, &wp) in w.iter().enumerate() {
@@ -254,17 +277,58 @@ fn attend_with(
     }
 }
 
+/// `e^x` for `x` in `(-50, 0]` without a library call, so that the softmax loop vectorises:
+/// `x = n ln2 + r` with `|r| <= ln2 / 2` (Cody-Waite, two-part ln2), `e^r` by its Taylor
+/// polynomial of degree 7 (truncation below 6e-9 relative), `2^n` built in the exponent bits
+/// (`n >= -73`: a normal float). Relative error a few f32 ulps.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 355.0 / 512.0; // 9 bits: n * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // round to nearest by the 1.5 * 2^23 shift (|x * log2 e| < 2^22)
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * LOG2E + SHIFT) - SHIFT;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0 / 5040.0;
+    let p = p * r + 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
 /// NEOX RoPE: element `i` of the first half pairs with `i + head_dim/2`.
 pub fn rope_neox(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    rope_neox_with(x, heads, head_dim, &rope_table(head_dim, pos, theta));
+}
+
+/// `(cos, sin)` of every rotation angle of position `pos` (`head_dim / 2` pairs): computed
+/// once per position and shared by every head of every layer.
+pub fn rope_table(head_dim: usize, pos: usize, theta: f32) -> Vec<(f32, f32)> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+            let (s, c) = (pos as f32 * freq).sin_cos();
+            (c, s)
+        })
+        .collect()
+}
+
+/// [`rope_neox`] with the angles of [`rope_table`].
+pub fn rope_neox_with(x: &mut [f32], heads: usize, head_dim: usize, table: &[(f32, f32)]) {
     let half = head_dim / 2;
     for h in 0..heads {
         let v = &mut x[h * head_dim..(h + 1) * head_dim];
-        for i in 0..half {
-            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
-            let (s, c) = (pos as f32 * freq).sin_cos();
-            let (a, b) = (v[i], v[i + half]);
-            v[i] = a * c - b * s;
-            v[i + half] = a * s + b * c;
+        let (lo, hi) = v.split_at_mut(half);
+        for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(table) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
         }
     }
 }
@@ -275,6 +339,9 @@ pub type KernelCounts = BTreeMap<&'static str, u64>;
 /// A generation state: the model, its KV cache and the position.
 pub struct Session<'m, 'a> {
     pub model: &'m Model<'a>,
+    /// KV cache, head-major: entry `layer * n_head_kv + kv_head` holds that head's
+    /// `head_dim` values of every position in order (one contiguous stream per head for the
+    /// attention loops).
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
     pos: usize,
@@ -289,8 +356,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let cfg = &model.cfg;
         Session {
             model,
-            k_cache: vec![Vec::new(); cfg.n_layer],
-            v_cache: vec![Vec::new(); cfg.n_layer],
+            k_cache: vec![Vec::new(); cfg.n_layer * cfg.n_head_kv],
+            v_cache: vec![Vec::new(); cfg.n_layer * cfg.n_head_kv],
             pos: 0,
             kernel_calls: KernelCounts::new(),
             q8_head: None,
@@ -388,6 +455,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 .embedding
                 .row(id as usize, d, &mut x[t * d..(t + 1) * d]);
         }
+        // RoPE angles of the batch's positions, shared by all layers and heads
+        let ropes: Vec<Vec<(f32, f32)>> = (0..m)
+            .map(|t| rope_table(hd, self.pos + t, cfg.rope_theta))
+            .collect();
         for (li, layer) in model.layers.iter().enumerate() {
             // attention
             let mut h = x.clone();
@@ -396,25 +467,23 @@ impl<'m, 'a> Session<'m, 'a> {
             let v = qkv.pop().expect("v");
             let mut k = qkv.pop().expect("k");
             let mut q = qkv.pop().expect("q");
-            for t in 0..m {
-                rope_neox(
-                    &mut q[t * d..(t + 1) * d],
-                    nh,
-                    hd,
-                    self.pos + t,
-                    cfg.rope_theta,
-                );
-                rope_neox(
-                    &mut k[t * kvd..(t + 1) * kvd],
-                    nkv,
-                    hd,
-                    self.pos + t,
-                    cfg.rope_theta,
-                );
+            for (t, table) in ropes.iter().enumerate() {
+                rope_neox_with(&mut q[t * d..(t + 1) * d], nh, hd, table);
+                rope_neox_with(&mut k[t * kvd..(t + 1) * kvd], nkv, hd, table);
             }
-            self.k_cache[li].extend_from_slice(&k);
-            self.v_cache[li].extend_from_slice(&v);
-            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
+            let heads = li * nkv..(li + 1) * nkv;
+            for t in 0..m {
+                for (kvh, (kc, vc)) in self.k_cache[heads.clone()]
+                    .iter_mut()
+                    .zip(&mut self.v_cache[heads.clone()])
+                    .enumerate()
+                {
+                    let at = t * kvd + kvh * hd;
+                    kc.extend_from_slice(&k[at..at + hd]);
+                    vc.extend_from_slice(&v[at..at + hd]);
+                }
+            }
+            let (kc, vc) = (&self.k_cache[heads.clone()], &self.v_cache[heads]);
             let pos0 = self.pos;
             let group = nh / nkv;
             let scale = 1.0 / (hd as f32).sqrt();
@@ -427,10 +496,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 let qv = &q[t * d + head * hd..t * d + (head + 1) * hd];
                 let n_pos = pos0 + t + 1;
                 let kv = KvView {
-                    k: &kc[..n_pos * kvd],
-                    v: &vc[..n_pos * kvd],
-                    stride: kvd,
-                    off: kvh * hd,
+                    k: &kc[kvh][..n_pos * hd],
+                    v: &vc[kvh][..n_pos * hd],
+                    stride: hd,
+                    off: 0,
                 };
                 attend(qv, &kv, scale, out);
             });
@@ -465,5 +534,44 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut last = x[(m - 1) * d..].to_vec();
         rms_norm(&mut last, &model.output_norm, cfg.eps);
         Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The softmax exponential against f64 `exp` over its whole domain (-50, 0].
+    #[test]
+    fn exp_neg_is_accurate_on_the_softmax_domain() {
+        let mut worst = 0f64;
+        for i in 0..=2_000_000 {
+            let x = -50.0 * i as f32 / 2_000_000.0;
+            let want = (x as f64).exp();
+            let got = exp_neg(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "max relative error {worst:e}");
+        assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    /// The shared RoPE table rotates exactly like the per-head formula.
+    #[test]
+    fn rope_table_matches_the_direct_rotation() {
+        let (heads, hd, theta) = (3, 8, 10000.0f32);
+        for pos in [0usize, 1, 17, 4095] {
+            let x: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut got = x.clone();
+            rope_neox(&mut got, heads, hd, pos, theta);
+            for h in 0..heads {
+                for i in 0..hd / 2 {
+                    let freq = theta.powf(-2.0 * i as f32 / hd as f32);
+                    let (s, c) = (pos as f32 * freq).sin_cos();
+                    let (a, b) = (x[h * hd + i], x[h * hd + i + hd / 2]);
+                    assert_eq!(got[h * hd + i], a * c - b * s);
+                    assert_eq!(got[h * hd + i + hd / 2], a * s + b * c);
+                }
+            }
+        }
     }
 }
