@@ -551,7 +551,10 @@ mod tests {
             let got = exp_neg(x) as f64;
             worst = worst.max(((got - want) / want).abs());
         }
-        assert!(worst < 4.0 * f32::EPSILON as f64, "max relative error {worst:e}");
+        assert!(
+            worst < 4.0 * f32::EPSILON as f64,
+            "max relative error {worst:e}"
+        );
         assert_eq!(exp_neg(0.0), 1.0);
     }
 

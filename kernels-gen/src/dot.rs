@@ -801,15 +801,17 @@ fn gen_tile(
                 #(#per_col)*
             }}
         });
-        let stores = (0..groups).flat_map(|g| (0..c).map(move |j| (g, j))).map(|(g, j)| {
-            let f = fq(g, j);
-            let (rl, jl) = (lit(4 * g), lit(j));
-            b.quad_store(
-                &f,
-                quote! { *acts.scale.get_unchecked(col + #jl) },
-                quote! { out.add((col + #jl) * n + row + #rl) },
-            )
-        });
+        let stores = (0..groups)
+            .flat_map(|g| (0..c).map(move |j| (g, j)))
+            .map(|(g, j)| {
+                let f = fq(g, j);
+                let (rl, jl) = (lit(4 * g), lit(j));
+                b.quad_store(
+                    &f,
+                    quote! { *acts.scale.get_unchecked(col + #jl) },
+                    quote! { out.add((col + #jl) * n + row + #rl) },
+                )
+            });
         quote! {
             #(let mut #fqs: #qt = #qz;)*
             for blk in 0..nb {

@@ -713,7 +713,9 @@ fn gen_tile(isa: Isa, triples: bool, c: usize, tf: &TokenStream) -> TokenStream 
     };
     // x86: software prefetch of the index stream into later tiles (tiles are contiguous)
     let pf = match isa {
-        Isa::Avx2 | Isa::Avx512 => quote! { let pf = crate::prefetch_distance(g.tile_bytes, true); },
+        Isa::Avx2 | Isa::Avx512 => {
+            quote! { let pf = crate::prefetch_distance(g.tile_bytes, true); }
+        }
         _ => quote! {},
     };
     let tri = if triples {
