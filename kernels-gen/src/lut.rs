@@ -530,7 +530,9 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
         (
             quote! {
                 // (index byte, its two sign bits) -> six scaled weights
-                let mut tri: Box<[[f32; 6]; 1024]> = Box::new([[0f32; 6]; 1024]);
+                // six weights padded to eight, so that a copy is one 32-byte move (the two
+                // extra lanes are overwritten by the next copy)
+                let mut tri: Box<[[f32; 8]; 1024]> = Box::new([[0f32; 8]; 1024]);
                 for (key, t) in tri.iter_mut().enumerate() {
                     let (b, s) = (key & 255, key >> 8);
                     for h in 0..2 {
@@ -553,15 +555,15 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
                     let s = sgn[g8] as usize;
                     let m = &mag[4 * g8..4 * g8 + 4];
                     let o24 = &mut o[24 * g8..24 * g8 + 24];
-                    o24[0..6].copy_from_slice(&tri[m[0] as usize | (s & 3) << 8]);
-                    o24[6..12].copy_from_slice(&tri[m[1] as usize | (s >> 2 & 3) << 8]);
-                    o24[12..18].copy_from_slice(&tri[m[2] as usize | (s >> 4 & 3) << 8]);
-                    o24[18..24].copy_from_slice(&tri[m[3] as usize | (s >> 6) << 8]);
+                    o24[0..8].copy_from_slice(&tri[m[0] as usize | (s & 3) << 8]);
+                    o24[6..14].copy_from_slice(&tri[m[1] as usize | (s >> 2 & 3) << 8]);
+                    o24[12..20].copy_from_slice(&tri[m[2] as usize | (s >> 4 & 3) << 8]);
+                    o24[18..24].copy_from_slice(&tri[m[3] as usize | (s >> 6) << 8][..6]);
                 }
                 // the last (T mod 8) triples
                 for c in 4 * (g.t / 8)..g.t / 2 {
                     let key = mag[c] as usize | ((sgn[c / 4] as usize >> (2 * (c % 4))) & 3) << 8;
-                    o[6 * c..6 * c + 6].copy_from_slice(&tri[key]);
+                    o[6 * c..6 * c + 6].copy_from_slice(&tri[key][..6]);
                 }
             },
         )
