@@ -375,7 +375,9 @@ pub fn absmax_codes(x: &[f32], out: &mut [u8], code: impl Fn(f32) -> u8) -> f32 
 /// tiles. `far` (tensor-scale layouts, prefetched into L2): 64 KiB, measured best on an
 /// AVX-512 EPYC (I2S GEMV streaming DRAM at 70-90% of the read bandwidth, against ~40-60%
 /// with near L1 prefetches); otherwise 4 KiB into L1 (better for the block-scale layouts).
-/// `TERNFORGE_PREFETCH` overrides both.
+/// The LUT (TL1/TL2) x86 tiles use the far distance with L1 prefetches of their index
+/// stream (GEMV from DRAM 6-7 -> 9-11 GB/s on a 2-vCPU Xeon). At least two tiles ahead.
+/// `TERNFORGE_PREFETCH` overrides all of them.
 #[doc(hidden)]
 pub fn prefetch_distance(tile_bytes: usize, far: bool) -> usize {
     static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
