@@ -302,33 +302,18 @@ fn validate_codes(format: Format, data: &[u8], n: usize, k: usize) -> Result<(),
 #[doc(hidden)]
 #[inline(always)]
 pub fn absmax(x: &[f32]) -> f32 {
-    #[inline(always)]
-    fn mx(a: f32, b: f32) -> f32 {
-        if b > a {
-            b
-        } else {
-            a
-        }
-    }
     let mut lanes = [0f32; 64];
     let chunks = x.chunks_exact(64);
     let rest = chunks.remainder();
     for c in chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = mx(*l, v.abs());
+            *l = lane_max(*l, v.abs());
         }
     }
-    for (i, &v) in rest.iter().enumerate() {
-        lanes[i] = mx(lanes[i], v.abs());
+    for (l, &v) in lanes.iter_mut().zip(rest) {
+        *l = lane_max(*l, v.abs());
     }
-    let mut w = 32;
-    while w > 0 {
-        for i in 0..w {
-            lanes[i] = mx(lanes[i], lanes[i + w]);
-        }
-        w /= 2;
-    }
-    lanes[0]
+    fold_lanes(lanes)
 }
 
 /// [`absmax`] of `x` fused with a per-element map into `out` (`out[i] = code(x[i])` for
@@ -337,14 +322,6 @@ pub fn absmax(x: &[f32]) -> f32 {
 #[doc(hidden)]
 #[inline(always)]
 pub fn absmax_codes(x: &[f32], out: &mut [u8], code: impl Fn(f32) -> u8) -> f32 {
-    #[inline(always)]
-    fn mx(a: f32, b: f32) -> f32 {
-        if b > a {
-            b
-        } else {
-            a
-        }
-    }
     let out = &mut out[..x.len()];
     let mut lanes = [0f32; 64];
     let chunks = x.chunks_exact(64);
@@ -352,18 +329,34 @@ pub fn absmax_codes(x: &[f32], out: &mut [u8], code: impl Fn(f32) -> u8) -> f32 
     let mut oc = out.chunks_exact_mut(64);
     for (c, o) in chunks.zip(&mut oc) {
         for ((l, &v), o) in lanes.iter_mut().zip(c).zip(o.iter_mut()) {
-            *l = mx(*l, v.abs());
+            *l = lane_max(*l, v.abs());
             *o = code(v);
         }
     }
     for ((l, &v), o) in lanes.iter_mut().zip(rest).zip(oc.into_remainder()) {
-        *l = mx(*l, v.abs());
+        *l = lane_max(*l, v.abs());
         *o = code(v);
     }
+    fold_lanes(lanes)
+}
+
+/// The lane update of [`absmax`]: `b` only when `b > a` (a NaN `b` never enters).
+#[inline(always)]
+fn lane_max(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+/// The halving tree of [`absmax`] over its 64 lanes.
+#[inline(always)]
+fn fold_lanes(mut lanes: [f32; 64]) -> f32 {
     let mut w = 32;
     while w > 0 {
         for i in 0..w {
-            lanes[i] = mx(lanes[i], lanes[i + w]);
+            lanes[i] = lane_max(lanes[i], lanes[i + w]);
         }
         w /= 2;
     }

@@ -193,6 +193,23 @@ pub fn attend(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
     attend_with(q, kv, scale, out, dot)
 }
 
+/// `out = sum over p of w[p] * v(p)` for `L` lanes kept in registers, terms added in
+/// position order; zero weights (dropped softmax terms) are skipped.
+#[inline(always)]
+fn weighted_rows<'v, const L: usize>(w: &[f32], v: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
+    let mut acc = [0f32; L];
+    for (p, &wp) in w.iter().enumerate() {
+        if wp == 0.0 {
+            continue;
+        }
+        let v = v(p);
+        for i in 0..L {
+            acc[i] += wp * v[i];
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
 #[inline(always)]
 fn attend_with(
     q: &[f32],
@@ -240,31 +257,11 @@ fn attend_with(
     // output element the terms are added in position order, as in a plain loop)
     let mut c0 = 0;
     while c0 + 128 <= hd {
-        let mut acc = [0f32; 128];
-        for (p, &wp) in w.iter().enumerate() {
-            if wp == 0.0 {
-                continue;
-            }
-            let v = &row(kv.v, p)[c0..c0 + 128];
-            for i in 0..128 {
-                acc[i] += wp * v[i];
-            }
-        }
-        out[c0..c0 + 128].copy_from_slice(&acc);
+        weighted_rows::<128>(&w, |p| &row(kv.v, p)[c0..c0 + 128], &mut out[c0..c0 + 128]);
         c0 += 128;
     }
     while c0 + 16 <= hd {
-        let mut acc = [0f32; 16];
-        for (p, &wp) in w.iter().enumerate() {
-            if wp == 0.0 {
-                continue;
-            }
-            let v = &row(kv.v, p)[c0..c0 + 16];
-            for i in 0..16 {
-                acc[i] += wp * v[i];
-            }
-        }
-        out[c0..c0 + 16].copy_from_slice(&acc);
+        weighted_rows::<16>(&w, |p| &row(kv.v, p)[c0..c0 + 16], &mut out[c0..c0 + 16]);
         c0 += 16;
     }
     for (c, o) in out.iter_mut().enumerate().skip(c0) {

@@ -759,6 +759,22 @@ fn gen_tile(
         None => quote! {},
     };
     let main = span_dots(b, &plan.main, r, c, classes.is_some(), far);
+    // block-scale formats: per block, fresh integer accumulators, the dots, then a flush
+    // into the f32 accumulators (`init`), stored at the end
+    let block_loop = |init: TokenStream, flush: TokenStream, stores: TokenStream| {
+        quote! {
+            #init
+            for blk in 0..nb {
+                let span_off = blk * #bb;
+                let span_elem = blk * MAIN_SLOTS;
+                #(let mut #accs: #vt = #zero;)*
+                #main
+                #merge
+                #flush
+            }
+            #stores
+        }
+    };
     let quad = b.quad_ty().filter(|_| r.is_multiple_of(4));
     let body = if let (true, Some(qt)) = (per_block, quad) {
         // four rows at a time: one 4-way horizontal sum per column and block, the block
@@ -812,18 +828,11 @@ fn gen_tile(
                     quote! { out.add((col + #jl) * n + row + #rl) },
                 )
             });
-        quote! {
-            #(let mut #fqs: #qt = #qz;)*
-            for blk in 0..nb {
-                let span_off = blk * #bb;
-                let span_elem = blk * MAIN_SLOTS;
-                #(let mut #accs: #vt = #zero;)*
-                #main
-                #merge
-                #(#flush)*
-            }
-            #(#stores)*
-        }
+        block_loop(
+            quote! { #(let mut #fqs: #qt = #qz;)* },
+            quote! { #(#flush)* },
+            quote! { #(#stores)* },
+        )
     } else if per_block {
         let flush = (0..r).map(|i| {
             let wp = format_ident!("w{}", i);
@@ -844,27 +853,16 @@ fn gen_tile(
             }}
         });
         let fs = (0..r).flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)));
-        let fs2: Vec<Ident> = (0..r)
-            .flat_map(|i| (0..c).map(move |j| format_ident!("f{}_{}", i, j)))
-            .collect();
         let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
             let f = format_ident!("f{}_{}", i, j);
             let (il, jl) = (lit(i), lit(j));
             quote! { *out.add((col + #jl) * n + row + #il) = #f / *acts.scale.get_unchecked(col + #jl); }
         });
-        let _ = fs2;
-        quote! {
-            #(let mut #fs = 0f32;)*
-            for blk in 0..nb {
-                let span_off = blk * #bb;
-                let span_elem = blk * MAIN_SLOTS;
-                #(let mut #accs: #vt = #zero;)*
-                #main
-                #merge
-                #(#flush)*
-            }
-            #(#stores)*
-        }
+        block_loop(
+            quote! { #(let mut #fs = 0f32;)* },
+            quote! { #(#flush)* },
+            quote! { #(#stores)* },
+        )
     } else {
         let tail = match &plan.tail {
             Some(t) => {
