@@ -2,10 +2,19 @@
 //! verify it (and a tampered copy), synth + inspect + run a file in every format, and the
 //! dispatch override errors.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ternforge"))
+}
+
+/// The command succeeded; otherwise fail with `what` and its stderr.
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -22,22 +31,14 @@ fn run_default_model_writes_a_verifiable_receipt() {
         .arg(&r)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out, "run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("synthesized") && err.contains("tok/s"),
         "{err}"
     );
     let ok = bin().args(["receipt", "verify"]).arg(&r).output().unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert_ok(&ok, "receipt verify");
     // tampering with a timing or a kernel id is detected
     let text = std::fs::read_to_string(&r).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -63,11 +64,7 @@ fn synth_inspect_and_run_every_format() {
             .arg(&p)
             .output()
             .unwrap();
-        assert!(
-            s.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&s.stderr)
-        );
+        assert_ok(&s, f);
         let i = bin().arg("inspect").arg(&p).output().unwrap();
         assert!(i.status.success());
         assert!(String::from_utf8_lossy(&i.stdout).contains("bitnet-b1.58"));
@@ -76,11 +73,7 @@ fn synth_inspect_and_run_every_format() {
             .arg(&p)
             .output()
             .unwrap();
-        assert!(
-            r.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        assert_ok(&r, f);
         outputs.push(r.stdout);
     }
     // same synthesized weights in every format: same greedy text
@@ -121,7 +114,7 @@ fn convert_between_formats_keeps_the_tokens() {
             .arg(p)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_ok(&o, "run");
         o.stdout
     };
     let want = run(&src);
@@ -135,11 +128,7 @@ fn convert_between_formats_keeps_the_tokens() {
             .arg(&out)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "{f}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert_ok(&o, f);
         assert_eq!(run(&out), want, "after converting to {f}");
         prev = out;
     }
@@ -172,11 +161,7 @@ fn bench_decode_reports_floor_and_gemm_prefill() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out, "bench --decode");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["prompt_tokens"], 9);
     assert_eq!(v["decode_tokens"], 5);
