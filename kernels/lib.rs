@@ -316,6 +316,18 @@ pub fn absmax(x: &[f32]) -> f32 {
     fold_lanes(lanes)
 }
 
+/// bitnet.cpp's sign rule as a code `w + 1`: `fabs((double)x) < 1e-6` -> 1 (weight 0), else
+/// 2 for `x > 0` and 0 for `x < 0` (`x * scale > 0` in f64 with `scale = max|x| > 0` is
+/// `x > 0`); NaN -> 0. `T32` is the smallest f32 not below 1e-6 (f64), so `|x| < T32` equals
+/// the f64 test exactly. Branch-free so the quantizer loops vectorise; used by the I2S-family
+/// and LUT quantizers.
+#[doc(hidden)]
+#[inline(always)]
+pub fn sign_code(x: f32) -> u8 {
+    const T32: f32 = 1.0000001e-6;
+    (x.abs() < T32) as u8 | (((x >= T32) as u8) << 1)
+}
+
 /// [`absmax`] of `x` fused with a per-element map into `out` (`out[i] = code(x[i])` for
 /// `i < x.len()`, `out` at least as long as `x`): one pass over the input for both, same
 /// lanes and NaN rule as [`absmax`]. Used by the LUT quantizers.

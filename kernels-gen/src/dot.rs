@@ -309,14 +309,10 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     // equivalence with the upstream formulas is documented per rule and pinned by the tests.
     let code_fn = match spec.quantizer {
         Quantizer::SignMax => quote! {
-            /// bitnet.cpp quantize_i2_s: `fabs((double)x) < 1e-6` -> 0, else the sign of `x`
-            /// (`x * scale > 0` in f64 with `scale = max|x| > 0` is `x > 0`). `T32` is the
-            /// smallest f32 not below 1e-6 (f64), so `|x| < T32` equals the f64 test exactly.
+            /// bitnet.cpp quantize_i2_s: [`crate::sign_code`].
             #[inline(always)]
             fn code(x: f32, _id: f32) -> u8 {
-                const T32: f32 = 1.0000001e-6;
-                // branch-free: |x| < T32 -> 1; x >= T32 -> 2; x <= -T32 and NaN -> 0
-                (x.abs() < T32) as u8 | (((x >= T32) as u8) << 1)
+                crate::sign_code(x)
             }
         },
         Quantizer::RoundAbsMax => quote! {

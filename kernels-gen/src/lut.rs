@@ -371,7 +371,7 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
     };
     quote! {
         /// Quantize `n x k` f32 weights (bitnet.cpp sign/absmax rule), byte-exact with
-        /// `reference::lut::encode`: `|x| < 1e-6` (compared in f64, i.e. `|x| < T32` in f32)
+        /// `reference::lut::encode`: `|x| < 1e-6` (compared in f64, see [`crate::sign_code`])
         /// is 0, else the sign; the f32 tensor max is exact.
         ///
         /// Per row, vectorisable passes turn the floats into codes `w + 1` (0, 1, 2) and the
@@ -389,15 +389,6 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
             let o = core::slice::from_raw_parts_mut(out, total);
             // the tensor max is folded in row by row (one pass over the input)
             let mut tmax = 0f32;
-            /// `code + 1` of one weight: branch-free `|v| < T32 -> 1, v > 0 -> 2, else 0`
-            /// (NaN: 0, i.e. code -1).
-            #[inline(always)]
-            fn ucode(v: f32) -> u8 {
-                const T32: f32 = 1.0000001e-6;
-                let pos = v >= T32;
-                let small = v.abs() < T32;
-                pos as u8 + (pos | small) as u8
-            }
             let (pb, po) = (g.pair_base(), g.pair_offset() / BM);
             let chunks = g.tile_bytes / BM;
             // one row of codes + 1; elements past K stay 1 (zero weights; TL1 index 4)
@@ -417,7 +408,7 @@ fn gen_quantize(triples: bool, tf: &TokenStream) -> TokenStream {
                         continue;
                     }
                     let src = &all[row * k..(row + 1) * k];
-                    let rmax = crate::absmax_codes(src, &mut u, ucode);
+                    let rmax = crate::absmax_codes(src, &mut u, crate::sign_code);
                     if rmax > tmax {
                         tmax = rmax;
                     }
