@@ -20,7 +20,13 @@ use crate::reference::acts::{row_scale, QuantizedActs};
 fn q8(y: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     let c = y.clamp(-128.0, 127.0);
-    ((c + MAGIC) - MAGIC) as i8
+    // NaN -> 0, as the reference's `as i8` does
+    let c = if c.is_nan() { 0.0 } else { c };
+    // `c + MAGIC` lies in [2^23, 2^24), where the float spacing is 1: the addition rounds `c`
+    // to the nearest integer, ties to even, and the low mantissa bits then hold that integer
+    // offset from MAGIC's bits. Integer arithmetic on the bits vectorises; a saturating
+    // `as i8` (or `as i32`) of a float is compiled to one scalar conversion per element.
+    ((c + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
 }
 
 #[inline(always)]

@@ -40,6 +40,12 @@ fn special_values() {
         vec![0.0; 37],
         vec![-0.0; 64],
         vec![f32::NAN, 1.0, -0.5, 0.25, f32::NAN],
+        // NaNs with payloads and the sign bit set (the fast path reads float bits)
+        [0x7fc0_00ffu32, 0xffc0_0001, 0x7f80_0001, 0xff80_7f80]
+            .iter()
+            .map(|&b| f32::from_bits(b))
+            .chain((0..60).map(|i| i as f32 - 30.0))
+            .collect(),
         vec![f32::INFINITY, 1.0, -2.0],
         vec![f32::NEG_INFINITY, 0.0, 3.0, 4.0],
         vec![1e-40, -1e-40, 1e-45, 0.0],
