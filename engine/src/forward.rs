@@ -59,7 +59,9 @@ impl From<KernelError> for ForwardError {
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
     for row in x.chunks_exact_mut(d) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        // 16 partial sums: a serial f32 sum is one dependent add per element (~2.5 us for
+        // 2560 values, four norms per layer on the decode path)
+        let ms = dot(row, row) / d as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         for (v, g) in row.iter_mut().zip(w) {
             *v = *v * inv * g;
@@ -98,35 +100,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes[0] + rest
 }
 
-/// One KV head's cache rows: position `p` of it is `k[p * stride + off..][..head_dim]`.
-pub struct KvView<'c> {
-    pub k: &'c [f32],
-    pub v: &'c [f32],
-    pub stride: usize,
-    pub off: usize,
-}
+/// A query group's partial attention over a span of its KV head's cache: `q` holds the
+/// group's `g` query heads (`g * head_dim` values, head after head), `k` and `v` the span's
+/// positions (`head_dim` values each). For each head `h` it writes the softmax numerator
+/// `out[h] = sum_p e^(s_p - mx) v_p` (not yet divided) and `stats[h] = (mx, sum_p e^(s_p - mx))`,
+/// where `s_p = q_h · k_p · scale` and `mx` is the span's largest score.
+pub type AttendFn = fn(&[f32], &[f32], &[f32], f32, &mut [f32], &mut [(f32, f32)]);
 
-/// `out = softmax(q · Kᵀ · scale) · V` for one query head over the positions of `kv`.
-type AttendFn = fn(&[f32], &KvView<'_>, f32, &mut [f32]);
-
-/// The attention of one head, compiled for the best vector ISA of this CPU (detected once).
+/// The partial attention compiled for the best vector ISA of this CPU (detected once).
 pub fn attention_kernel() -> AttendFn {
     static PICK: std::sync::OnceLock<AttendFn> = std::sync::OnceLock::new();
     *PICK.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return |q, kv, s, o| {
+                return |q, k, v, s, o, st| {
                     // SAFETY: selected only when AVX-512F is detected.
-                    unsafe { attend_avx512(q, kv, s, o) }
+                    unsafe { attend_avx512(q, k, v, s, o, st) }
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return |q, kv, s, o| {
+                return |q, k, v, s, o, st| {
                     // SAFETY: selected only when AVX2 and FMA are detected.
-                    unsafe { attend_avx2(q, kv, s, o) }
+                    unsafe { attend_avx2(q, k, v, s, o, st) }
                 };
             }
         }
@@ -136,8 +134,16 @@ pub fn attention_kernel() -> AttendFn {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn attend_avx512(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
-    attend_with(q, kv, scale, out, |a, b| {
+unsafe fn attend_avx512(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    // 64 output lanes x 4 heads: 16 zmm accumulators
+    attend_with::<64>(q, k, v, scale, out, stats, |a, b| {
         // SAFETY: only reached from attend_avx512, i.e. with AVX-512F detected.
         unsafe { dot_avx512(a, b) }
     })
@@ -182,96 +188,325 @@ unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
-    attend(q, kv, scale, out)
-}
-
-/// Portable attention of one head (the vector copies above are this function compiled with
-/// more target features).
-#[inline(always)]
-pub fn attend(q: &[f32], kv: &KvView<'_>, scale: f32, out: &mut [f32]) {
-    attend_with(q, kv, scale, out, dot)
-}
-
-/// `out = sum over p of w[p] * v(p)` for `L` lanes kept in registers, terms added in
-/// position order; zero weights (dropped softmax terms) are skipped.
-#[inline(always)]
-fn weighted_rows<'v, const L: usize>(w: &[f32], v: impl Fn(usize) -> &'v [f32], out: &mut [f32]) {
-    let mut acc = [0f32; L];
-    for (p, &wp) in w.iter().enumerate() {
-        if wp == 0.0 {
-            continue;
-        }
-        let v = v(p);
-        for i in 0..L {
-            acc[i] += wp * v[i];
-        }
-    }
-    out.copy_from_slice(&acc);
-}
-
-#[inline(always)]
-fn attend_with(
+unsafe fn attend_avx2(
     q: &[f32],
-    kv: &KvView<'_>,
+    k: &[f32],
+    v: &[f32],
     scale: f32,
     out: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
+    stats: &mut [(f32, f32)],
 ) {
-    let hd = q.len();
-    let n_pos = kv.k.len() / kv.stride;
-    let (stride, off) = (kv.stride, kv.off);
-    #[inline(always)]
-    fn at(c: &[f32], p: usize, stride: usize, off: usize, hd: usize) -> &[f32] {
-        &c[p * stride + off..p * stride + off + hd]
-    }
-    let row = |c, p| at(c, p, stride, off, hd);
-    // plain loops (no iterator adapters that would be compiled outside this function's
-    // target features)
-    let mut w = vec![0f32; n_pos];
-    for (p, s) in w.iter_mut().enumerate() {
-        *s = dot(q, row(kv.k, p)) * scale;
-    }
-    let mx = w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for s in w.iter_mut() {
-        // exp(-50) is 2e-22 of the largest term (which is 1): far below f32 resolution.
-        // Dropping such terms keeps the result and keeps subnormal floats (tens of cycles
-        // each on x86) out of the loops.
-        let d = *s - mx;
-        *s = if d > -50.0 { exp_neg(d) } else { 0.0 };
-    }
-    // 16 partial sums (vectorises; the terms are all positive)
-    let mut lanes = [0f32; 16];
-    let chunks = w.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += v;
+    attend(q, k, v, scale, out, stats)
+}
+
+/// Portable partial attention (the vector copies above are this function compiled with
+/// more target features).
+#[inline(always)]
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    // 16 output lanes x 4 heads: within 16 ymm (AVX2) or 32 NEON registers
+    attend_with::<16>(q, k, v, scale, out, stats, dot)
+}
+
+/// Cache rows are fetched this many positions ahead of their use: the caches are streamed
+/// once per token from beyond L2, and the loops' demand misses alone leave them latency-bound.
+const PREFETCH_ROWS: usize = 16;
+
+/// Hint the cache lines of `x[at..at + len]` into L1 (no-op past the end of `x`, and on
+/// targets without a stable prefetch).
+#[inline(always)]
+fn prefetch_lanes(x: &[f32], at: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < x.len() {
+        let end = (at + len).min(x.len());
+        let mut i = at;
+        while i < end {
+            // SAFETY: a prefetch never faults, and the address is inside `x`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    x.as_ptr().add(i) as *const i8,
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+            i += 16;
         }
     }
-    let sum = lanes.iter().sum::<f32>() + rest.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    w.iter_mut().for_each(|s| *s *= inv);
-    // 128 (then 16) output lanes at a time kept in registers over all positions: eight
-    // independent accumulator vectors per position instead of one dependency chain (per
-    // output element the terms are added in position order, as in a plain loop)
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (x, at, len);
+}
+
+/// `out[h][c0..c0 + L] = sum over p of w[h][p] * v(p)[c0..c0 + L]` for `H` heads at once:
+/// each value row is loaded once for all heads, `H * L` lanes stay in registers, and per
+/// output element the terms are added in position order.
+#[inline(always)]
+fn weighted_rows<const L: usize, const H: usize>(
+    w: [&[f32]; H],
+    v: &[f32],
+    hd: usize,
+    c0: usize,
+    out: [&mut [f32]; H],
+) {
+    let n = w[0].len();
+    let mut acc = [[0f32; L]; H];
+    for p in 0..n {
+        prefetch_lanes(v, (p + PREFETCH_ROWS) * hd + c0, L);
+        let vr: &[f32; L] = v[p * hd + c0..p * hd + c0 + L]
+            .try_into()
+            .expect("L values");
+        for h in 0..H {
+            let wp = w[h][p];
+            for i in 0..L {
+                acc[h][i] += wp * vr[i];
+            }
+        }
+    }
+    for (o, a) in out.into_iter().zip(&acc) {
+        o[c0..c0 + L].copy_from_slice(a);
+    }
+}
+
+/// [`weighted_rows`] over all lanes of `H` heads (`out[h]` has `hd` values): `L` lanes at a
+/// time, then 16, then one by one.
+#[inline(always)]
+fn weighted_heads<const L: usize, const H: usize>(
+    w: [&[f32]; H],
+    v: &[f32],
+    hd: usize,
+    mut out: [&mut [f32]; H],
+) {
     let mut c0 = 0;
-    while c0 + 128 <= hd {
-        weighted_rows::<128>(&w, |p| &row(kv.v, p)[c0..c0 + 128], &mut out[c0..c0 + 128]);
-        c0 += 128;
+    while c0 + L <= hd {
+        weighted_rows::<L, H>(w, v, hd, c0, out.each_mut().map(|o| &mut **o));
+        c0 += L;
     }
     while c0 + 16 <= hd {
-        weighted_rows::<16>(&w, |p| &row(kv.v, p)[c0..c0 + 16], &mut out[c0..c0 + 16]);
+        weighted_rows::<16, H>(w, v, hd, c0, out.each_mut().map(|o| &mut **o));
         c0 += 16;
     }
-    for (c, o) in out.iter_mut().enumerate().skip(c0) {
-        *o = w
-            .iter()
-            .enumerate()
-            .filter(|(_, &wp)| wp != 0.0)
-            .map(|(p, &wp)| wp * row(kv.v, p)[c])
-            .fold(0.0, |a, b| a + b);
+    for c in c0..hd {
+        for (o, wh) in out.iter_mut().zip(&w) {
+            o[c] = wh
+                .iter()
+                .enumerate()
+                .map(|(p, &wp)| wp * v[p * hd + c])
+                .fold(0.0, |a, b| a + b);
+        }
     }
+}
+
+#[inline(always)]
+fn attend_with<const L: usize>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    stats: &mut [(f32, f32)],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    let g = stats.len();
+    let hd = q.len() / g;
+    let n = k.len() / hd;
+    // plain loops (no iterator adapters that would be compiled outside this function's
+    // target features); scores head-major: w[h * n + p]
+    let mut w = vec![0f32; g * n];
+    // the first rows of both caches up front; inside the key loop, the keys and the values
+    // (used after the scores) of a later row
+    for p in 0..PREFETCH_ROWS.min(n) {
+        prefetch_lanes(k, p * hd, hd);
+        prefetch_lanes(v, p * hd, hd);
+    }
+    for p in 0..n {
+        prefetch_lanes(k, (p + PREFETCH_ROWS) * hd, hd);
+        prefetch_lanes(v, (p + PREFETCH_ROWS) * hd, hd);
+        // one key row, read once for the whole group (then from L1)
+        let kr = &k[p * hd..(p + 1) * hd];
+        for h in 0..g {
+            w[h * n + p] = dot(&q[h * hd..(h + 1) * hd], kr) * scale;
+        }
+    }
+    for (wh, st) in w.chunks_exact_mut(n).zip(stats.iter_mut()) {
+        let mx = wh.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for s in wh.iter_mut() {
+            // exp(-50) is 2e-22 of the largest term (which is 1): far below f32 resolution.
+            // Dropping such terms keeps the result and keeps subnormal floats (tens of
+            // cycles each on x86) out of the loops.
+            let d = *s - mx;
+            *s = if d > -50.0 { exp_neg(d) } else { 0.0 };
+        }
+        // 16 partial sums (vectorises; the terms are all positive)
+        let mut lanes = [0f32; 16];
+        let chunks = wh.chunks_exact(16);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l += x;
+            }
+        }
+        *st = (mx, lanes.iter().sum::<f32>() + rest.iter().sum::<f32>());
+    }
+    // the value rows: four heads at a time, then two, then one
+    let mut wr: Vec<&[f32]> = w.chunks_exact(n).collect();
+    let mut or: Vec<&mut [f32]> = out.chunks_exact_mut(hd).collect();
+    while !wr.is_empty() {
+        let take = match wr.len() {
+            4.. => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        let ws: Vec<&[f32]> = wr.drain(..take).collect();
+        let mut os: Vec<&mut [f32]> = or.drain(..take).collect();
+        match take {
+            4 => {
+                let [a, b, c, d] = &mut os[..] else {
+                    unreachable!()
+                };
+                weighted_heads::<L, 4>([ws[0], ws[1], ws[2], ws[3]], v, hd, [a, b, c, d]);
+            }
+            2 => {
+                let [a, b] = &mut os[..] else { unreachable!() };
+                weighted_heads::<L, 2>([ws[0], ws[1]], v, hd, [a, b]);
+            }
+            _ => weighted_heads::<L, 1>([ws[0]], v, hd, [&mut os[0]]),
+        }
+    }
+}
+
+/// Combine the partial attentions of one head over consecutive spans (see [`AttendFn`]) into
+/// `softmax(q · Kᵀ · scale) · V` over all of them.
+pub fn combine_spans(parts: &[(&[f32], (f32, f32))], out: &mut [f32]) {
+    let mx = parts
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, (_, (m, _))| a.max(*m));
+    // weight of each span relative to the largest score (dropped below e^-50 as above)
+    let f = |m: f32| {
+        let d = m - mx;
+        if d > -50.0 {
+            exp_neg(d)
+        } else {
+            0.0
+        }
+    };
+    let sum: f32 = parts.iter().map(|(_, (m, l))| f(*m) * l).sum();
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (o_s, (m, _)) in parts {
+        let fs = f(*m) / sum;
+        if fs == 0.0 {
+            continue;
+        }
+        for (o, x) in out.iter_mut().zip(o_s.iter()) {
+            *o += fs * x;
+        }
+    }
+}
+
+/// Causal GQA attention of a batch of `m` tokens at positions `pos0..pos0 + m`: per token and
+/// query head, `softmax(q · Kᵀ / sqrt(head_dim)) · V` over positions `0..=` its own. `kc`/`vc`:
+/// one layer's caches, one per KV head (`n_head / kc.len()` query heads share each). The work
+/// is split by (token, KV head), each piece reading its keys and values once for the whole
+/// query group, and, where that gives the pool too few pieces (decoding), also by spans of
+/// positions whose partial results are merged afterwards ([`combine_spans`]).
+pub fn attention(
+    q: &[f32],
+    kc: &[Vec<f32>],
+    vc: &[Vec<f32>],
+    pos0: usize,
+    m: usize,
+    nh: usize,
+    hd: usize,
+) -> Vec<f32> {
+    // about four pieces per thread, no span under 64 positions
+    let threads = rayon::current_num_threads();
+    let spans = (4 * threads)
+        .div_ceil(m * kc.len())
+        .min((pos0 + m) / 64)
+        .max(1);
+    attention_in_spans(q, kc, vc, pos0, m, nh, hd, spans)
+}
+
+/// [`attention`] with each token's positions cut into `spans` pieces.
+#[allow(clippy::too_many_arguments)]
+fn attention_in_spans(
+    q: &[f32],
+    kc: &[Vec<f32>],
+    vc: &[Vec<f32>],
+    pos0: usize,
+    m: usize,
+    nh: usize,
+    hd: usize,
+    spans: usize,
+) -> Vec<f32> {
+    let nkv = kc.len();
+    let (g, d) = (nh / nkv, nh * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let attend = attention_kernel();
+    let mut att = vec![0f32; m * d];
+    // the query group of token t and KV head kvh, and that token's positions
+    let group = |t: usize, kvh: usize| &q[t * d + kvh * g * hd..t * d + (kvh + 1) * g * hd];
+    if spans == 1 {
+        att.par_chunks_mut(g * hd)
+            .enumerate()
+            .for_each(|(idx, out)| {
+                let (t, kvh) = (idx / nkv, idx % nkv);
+                let n = pos0 + t + 1;
+                let mut stats = vec![(0f32, 0f32); g];
+                attend(
+                    group(t, kvh),
+                    &kc[kvh][..n * hd],
+                    &vc[kvh][..n * hd],
+                    scale,
+                    out,
+                    &mut stats,
+                );
+                for (o, (_, l)) in out.chunks_exact_mut(hd).zip(&stats) {
+                    let inv = 1.0 / l;
+                    o.iter_mut().for_each(|x| *x *= inv);
+                }
+            });
+        return att;
+    }
+    let pieces = m * nkv * spans;
+    let mut part = vec![0f32; pieces * g * hd];
+    let mut stats = vec![(f32::NEG_INFINITY, 0f32); pieces * g];
+    let span = |t: usize, s: usize| {
+        let n = pos0 + t + 1;
+        let len = n.div_ceil(spans);
+        ((s * len).min(n), ((s + 1) * len).min(n))
+    };
+    part.par_chunks_mut(g * hd)
+        .zip(stats.par_chunks_mut(g))
+        .enumerate()
+        .for_each(|(idx, (out, st))| {
+            let (tk, s) = (idx / spans, idx % spans);
+            let (t, kvh) = (tk / nkv, tk % nkv);
+            let (p0, p1) = span(t, s);
+            if p0 < p1 {
+                let (k, v) = (&kc[kvh][p0 * hd..p1 * hd], &vc[kvh][p0 * hd..p1 * hd]);
+                attend(group(t, kvh), k, v, scale, out, st);
+            }
+            // an empty span keeps (-inf, 0) and zeros: weight 0 in the merge
+        });
+    for (tk, out) in att.chunks_exact_mut(g * hd).enumerate() {
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            let parts: Vec<(&[f32], (f32, f32))> = (0..spans)
+                .map(|s| {
+                    let idx = tk * spans + s;
+                    (
+                        &part[(idx * g + h) * hd..(idx * g + h + 1) * hd],
+                        stats[idx * g + h],
+                    )
+                })
+                .collect();
+            combine_spans(&parts, o);
+        }
+    }
+    att
 }
 
 /// `e^x` for `x` in `(-50, 0]` without a library call, so that the softmax loop vectorises:
@@ -426,6 +661,13 @@ impl<'m, 'a> Session<'m, 'a> {
 
     /// Run `tokens` and return the final normed hidden state of the last token.
     pub fn forward_hidden(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
+        // The whole pass runs on a worker of the pool: its ~150 parallel regions per token
+        // then start on this thread's deque with the other workers still spinning, instead
+        // of each waking a sleeping pool from outside and waiting for it (several us each).
+        rayon::scope(|_| self.hidden_pass(tokens))
+    }
+
+    fn hidden_pass(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ForwardError> {
         let model = self.model;
         let cfg = &model.cfg;
         let m = tokens.len();
@@ -481,25 +723,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
             }
             let (kc, vc) = (&self.k_cache[heads.clone()], &self.v_cache[heads]);
-            let pos0 = self.pos;
-            let group = nh / nkv;
-            let scale = 1.0 / (hd as f32).sqrt();
-            // per (token, head): softmax(q·K / sqrt(hd)) · V over positions 0..=pos
-            let mut att = vec![0f32; m * d];
-            let attend = attention_kernel();
-            att.par_chunks_mut(hd).enumerate().for_each(|(idx, out)| {
-                let (t, head) = (idx / nh, idx % nh);
-                let kvh = head / group;
-                let qv = &q[t * d + head * hd..t * d + (head + 1) * hd];
-                let n_pos = pos0 + t + 1;
-                let kv = KvView {
-                    k: &kc[kvh][..n_pos * hd],
-                    v: &vc[kvh][..n_pos * hd],
-                    stride: hd,
-                    off: 0,
-                };
-                attend(qv, &kv, scale, out);
-            });
+            let mut att = attention(&q, kc, vc, self.pos, m, nh, hd);
             rms_norm(&mut att, &layer.attn_sub_norm, cfg.eps);
             let o = self.project(&att, m, &[layer.o])?.pop().expect("o");
             for (a, b) in x.iter_mut().zip(&o) {
@@ -553,6 +777,92 @@ mod tests {
             "max relative error {worst:e}"
         );
         assert_eq!(exp_neg(0.0), 1.0);
+    }
+
+    /// Causal GQA attention in f64, straight from the definition.
+    fn attention_f64(
+        q: &[f32],
+        kc: &[Vec<f32>],
+        vc: &[Vec<f32>],
+        pos0: usize,
+        m: usize,
+        nh: usize,
+        hd: usize,
+    ) -> Vec<f64> {
+        let g = nh / kc.len();
+        let mut out = vec![0f64; m * nh * hd];
+        for t in 0..m {
+            for h in 0..nh {
+                let (k, v) = (&kc[h / g], &vc[h / g]);
+                let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                let n = pos0 + t + 1;
+                let s: Vec<f64> = (0..n)
+                    .map(|p| {
+                        let kp = &k[p * hd..(p + 1) * hd];
+                        qh.iter()
+                            .zip(kp)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..hd {
+                    out[(t * nh + h) * hd + c] =
+                        (0..n).map(|p| e[p] * v[p * hd + c] as f64).sum::<f64>() / sum;
+                }
+            }
+        }
+        out
+    }
+
+    /// The grouped, span-split attention (every head-block width, spans merged, a head size
+    /// with a remainder) against the f64 definition; batch and single-token shapes.
+    #[test]
+    fn attention_matches_the_definition() {
+        let mut seed = 7u64;
+        let mut rnd = |amp: f32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        };
+        // (query heads, KV heads, head dim, cached positions before the batch, batch)
+        for (nh, nkv, hd, pos0, m) in [
+            (20, 5, 128, 0, 1),
+            (20, 5, 128, 700, 1),
+            (14, 2, 72, 300, 1),
+            (3, 3, 16, 130, 1),
+            (6, 2, 40, 1000, 2),
+            (8, 1, 64, 5, 9),
+            (4, 4, 8, 0, 40),
+        ] {
+            let n = pos0 + m;
+            let kc: Vec<Vec<f32>> = (0..nkv)
+                .map(|_| (0..n * hd).map(|_| rnd(3.0)).collect())
+                .collect();
+            let vc: Vec<Vec<f32>> = (0..nkv)
+                .map(|_| (0..n * hd).map(|_| rnd(1.0)).collect())
+                .collect();
+            let q: Vec<f32> = (0..m * nh * hd).map(|_| rnd(3.0)).collect();
+            let want = attention_f64(&q, &kc, &vc, pos0, m, nh, hd);
+            // spans beyond a token's positions leave empty pieces
+            for spans in [1, 2, 3, 7] {
+                let got = attention_in_spans(&q, &kc, &vc, pos0, m, nh, hd, spans);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (*a as f64 - b).abs())
+                    .fold(0f64, f64::max);
+                assert!(
+                    err < 1e-5,
+                    "nh {nh} nkv {nkv} hd {hd} pos0 {pos0} m {m} spans {spans}: max error {err}"
+                );
+            }
+            assert_eq!(attention(&q, &kc, &vc, pos0, m, nh, hd).len(), want.len());
+        }
     }
 
     /// The shared RoPE table rotates exactly like the per-head formula.
