@@ -75,6 +75,11 @@ pub trait Backend {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         quote! { half::f16::from_le_bytes([*#ptr, *#ptr.add(1)]).to_f32() }
     }
+    /// Expression: the f16 bits (`u16`) of the f32 `v`, rounded to nearest even (the
+    /// quantizers' block scales; `half::f16::from_f32`, which the tests compare against).
+    fn store_f16(&self, v: TokenStream) -> TokenStream {
+        quote! { half::f16::from_f32(#v).to_bits() }
+    }
     /// Four-row block flush (block-scale formats), when the ISA has 4-lane f32 vectors:
     /// `Some(ty)` is the type of a 4-lane f32 accumulator. With it, `hsum4`, `quad_zero`,
     /// `quad_update` and `quad_store` must be implemented.
@@ -409,6 +414,11 @@ impl Backend for X86 {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps
         quote! { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((#ptr as *const u16).read_unaligned() as i32))) }
+    }
+    fn store_f16(&self, v: TokenStream) -> TokenStream {
+        // one vcvtps2ph, round to nearest even (the `half` crate checks for F16C at run time
+        // and converts out of line: a call per block of the quantizer)
+        quote! { (_mm_extract_epi16::<0>(_mm_cvtps_ph::<0>(_mm_set_ss(#v))) as u16) }
     }
     fn quad_ty(&self) -> Option<TokenStream> {
         Some(quote! { __m128 })

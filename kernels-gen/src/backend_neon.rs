@@ -230,6 +230,21 @@ impl Backend for Neon {
             f
         }}
     }
+    fn store_f16(&self, v: TokenStream) -> TokenStream {
+        // `fcvt Hd, Sn` (base ARMv8 floating point), rounding to nearest even; it zeroes the
+        // rest of the register, so the u32 read back is the f16's bits
+        quote! {{
+            let x: f32 = #v;
+            let h: u32;
+            core::arch::asm!(
+                "fcvt {h:h}, {x:s}",
+                x = in(vreg) x,
+                h = lateout(vreg) h,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            h as u16
+        }}
+    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let layout = crate::module_name(row);
 
     let prepare = gen_prepare(spec, &plan, &main_map, &tail_map, identity);
-    let quantize = gen_quantize(spec, &tf);
+    let quantize = gen_quantize(spec, &*b, &tf);
     let dequantize = gen_dequantize(spec, &*b, &plan, &tf)?;
     let mut tiles = TokenStream::new();
     let mut shapes: Vec<(usize, usize)> = Vec::new();
@@ -301,7 +301,7 @@ fn gen_prepare(
 
 /// Portable quantizer (the table's `Quantizer`, byte-exact with the upstream reference),
 /// compiled with the row's target features so the loops vectorise.
-fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
+fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenStream {
     let be = lit(spec.block_elems);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
@@ -331,7 +331,7 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     };
     let block_scale = match spec.quantizer {
         Quantizer::RoundAbsMax => quote! {
-            let amax = crate::absmax(core::slice::from_raw_parts(x, #be));
+            let amax = amaxs[blk - blk0];
             let id = if amax != 0.0 { 1.0 / amax } else { 0.0 };
         },
         // the codes do not depend on the tensor scale: its max is folded in block by block
@@ -404,7 +404,10 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
     let (block_ptr, store_scale, tail) = match spec.scale {
         ScaleRule::BlockF16 => (
             quote! { let o = out.add(blk * #bb); },
-            quote! { let h = half::f16::from_f32(amax).to_le_bytes(); *o.add(#bcb) = h[0]; *o.add(#bcb + 1) = h[1]; },
+            {
+                let h = b.store_f16(quote! { amax });
+                quote! { let h = #h.to_le_bytes(); *o.add(#bcb) = h[0]; *o.add(#bcb + 1) = h[1]; }
+            },
             quote! {},
         ),
         ScaleRule::TensorTail { tail_bytes } => {
@@ -421,6 +424,40 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
             )
         }
     };
+    let blocks = match spec.quantizer {
+        // short blocks in groups of 256 elements: the group's maxima first (independent
+        // reductions the core overlaps), then its codes
+        Quantizer::RoundAbsMax => {
+            let g = lit((256 / spec.block_elems).max(1));
+            quote! {
+                let mut blk0 = 0usize;
+                while blk0 < nblocks {
+                    let blk1 = (blk0 + #g).min(nblocks);
+                    let mut amaxs = [0f32; #g];
+                    for blk in blk0..blk1 {
+                        amaxs[blk - blk0] = crate::absmax(core::slice::from_raw_parts(src.add(blk * #be), #be));
+                    }
+                    for blk in blk0..blk1 {
+                        let x = src.add(blk * #be);
+                        #block_ptr
+                        #block_scale
+                        #pack
+                        #store_scale
+                    }
+                    blk0 = blk1;
+                }
+            }
+        }
+        Quantizer::SignMax => quote! {
+            for blk in 0..nblocks {
+                let x = src.add(blk * #be);
+                #block_ptr
+                #block_scale
+                #pack
+                #store_scale
+            }
+        },
+    };
     quote! {
         #code_fn
 
@@ -434,13 +471,7 @@ fn gen_quantize(spec: &FormatSpec, tf: &TokenStream) -> TokenStream {
         pub unsafe fn quantize(src: *const f32, n: usize, k: usize, out: *mut u8) {
             let nblocks = n * k / #be;
             let mut tmax_acc = 0f32;
-            for blk in 0..nblocks {
-                let x = src.add(blk * #be);
-                #block_ptr
-                #block_scale
-                #pack
-                #store_scale
-            }
+            #blocks
             #tmax_stmt
             #tail
         }
