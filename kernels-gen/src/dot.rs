@@ -120,9 +120,16 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let be = lit(spec.block_elems);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
-    let sb = lit(plan.span_blocks);
     let per_block = spec.scale == ScaleRule::BlockF16;
 
+    let layout = crate::module_name(row);
+
+    let quantize = gen_quantize(spec, &*b, &tf);
+    let dequantize = gen_dequantize(spec, &*b, &plan, &tf)?;
+    // the matmul tiles and their activation layout may use narrower vectors
+    // (`matmul_backend`): their own plan
+    let b = crate::backend::matmul_backend(row.isa, spec);
+    let plan = self::plan(spec, b.width())?;
     let main_map = slot_map(spec, &plan.main, plan.span_blocks * spec.block_elems)?;
     let tail_map = match &plan.tail {
         Some(t) => slot_map(spec, t, spec.block_elems)?,
@@ -132,11 +139,8 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         && tail_map.iter().enumerate().all(|(s, &e)| Some(s) == e);
     let main_slots = lit(main_map.len());
     let tail_slots = lit(tail_map.len());
-    let layout = crate::module_name(row);
-
+    let sb = lit(plan.span_blocks);
     let prepare = gen_prepare(spec, &plan, &main_map, &tail_map, identity);
-    let quantize = gen_quantize(spec, &*b, &tf);
-    let dequantize = gen_dequantize(spec, &*b, &plan, &tf)?;
     let mut tiles = TokenStream::new();
     let mut shapes: Vec<(usize, usize)> = Vec::new();
     for t in row.tiles {
@@ -610,8 +614,21 @@ fn gen_dequantize(
 /// Emit the loads, decodes and dot products of one span for an `r x c` tile.
 /// Shifts used by the chunks when every code is a 2-bit field and the backend can dot scaled
 /// codes (one accumulator per shift); `None` otherwise.
-fn scaled_classes(b: &dyn Backend, plan: &Plan, r: usize, c: usize) -> Option<Vec<u32>> {
+///
+/// Scaled codes save the shift of every non-zero field (one op per code vector) and cost a
+/// merge of the class accumulators (a shift and an add per extra class and accumulator) at
+/// every flush: once per row for tensor-scale formats, but once per block for block-scale
+/// ones, where they are used only if a block has more shifted code vectors than the merge
+/// costs (QK256 and I2S64 on AVX-512 have one code vector per field and block: plain codes).
+fn scaled_classes(
+    b: &dyn Backend,
+    spec: &FormatSpec,
+    plan: &Plan,
+    r: usize,
+    c: usize,
+) -> Option<Vec<u32>> {
     let mut shifts = Vec::new();
+    let mut shifted = 0usize;
     let all = plan.main.iter().chain(plan.tail.iter().flatten());
     for ch in all {
         for v in &ch.vecs {
@@ -625,8 +642,18 @@ fn scaled_classes(b: &dyn Backend, plan: &Plan, r: usize, c: usize) -> Option<Ve
             }
         }
     }
+    for ch in &plan.main {
+        for v in &ch.vecs {
+            if matches!(v.op, crate::backend::CodeOp::Shift2(s) if s != 0) {
+                shifted += ch.repeat;
+            }
+        }
+    }
     let probe = format_ident!("probe");
     if r * c * shifts.len() > 16 || b.code_scaled(&probe, 0).is_none() {
+        return None;
+    }
+    if spec.scale == ScaleRule::BlockF16 && shifted <= 2 * (shifts.len() - 1) {
         return None;
     }
     shifts.sort();
@@ -748,7 +775,7 @@ fn gen_tile(
         let jl = lit(j);
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
-    let classes = scaled_classes(b, plan, r, c);
+    let classes = scaled_classes(b, spec, plan, r, c);
     let far = far_prefetch(spec);
     let accs: Vec<Ident> = (0..r)
         .flat_map(|i| (0..c).map(move |j| (i, j)))
