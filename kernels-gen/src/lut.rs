@@ -14,7 +14,10 @@
 //!   `vpshufb` / `tbl`, interleaves them back into int16, applies the TL2 sign (xor of both
 //!   bytes with the row's sign mask gives `!e = -e - 1`; the `+1` per negative triple is
 //!   counted in a byte vector and added at the flush), accumulates in int16 for at most 64
-//!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`).
+//!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`). The AVX-512 pair
+//!   tables are split into the low 5 bits and the rest instead, small enough to be summed in
+//!   bytes for `PAIR_BYTE_STEPS` steps before one interleave: the shuffle port, which every
+//!   lookup and interleave needs, is what limits these tiles.
 //! * a batch tile (`cols > 1`) reuses every loaded index vector and sign mask for `cols`
 //!   activation rows.
 
@@ -237,7 +240,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let (b0, b1, b2) = (qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16);
                 let e: [i16; 16] =
                     core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
-                put(dst, t, &e);
+                put::<false>(dst, t, &e);
             }
         }
     } else {
@@ -265,12 +268,14 @@ fn gen_prepare(triples: bool) -> TokenStream {
         #pair_w
         #tw
 
-        /// Store the 16 int16 entries of unit `u` as a low-byte and a high-byte table.
+        /// Store the 16 int16 entries of unit `u` as a low and a high table: the low byte
+        /// and the high byte, or (`LOW5`, the AVX-512 pair tables) the low 5 bits and the
+        /// rest `e >> 5`, small enough to be summed in bytes over four steps.
         /// `GROUP == 1`: unit `u` at `32 * u` (`lo[16]`, `hi[16]`). `GROUP == 4`: units
         /// `4g..4g+4` in 128 bytes: `[lo(4g), lo(4g+2)]`, `[hi(4g), hi(4g+2)]`,
         /// `[lo(4g+1), lo(4g+3)]`, `[hi(4g+1), hi(4g+3)]` (16 bytes each).
         #[inline]
-        fn put(dst: &mut [i8], u: usize, e: &[i16; 16]) {
+        fn put<const LOW5: bool>(dst: &mut [i8], u: usize, e: &[i16; 16]) {
             let (lo, hi) = if GROUP == 1 {
                 (32 * u, 32 * u + 16)
             } else {
@@ -278,8 +283,17 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let base = 128 * g + 64 * (j % 2) + 16 * (j / 2);
                 (base, base + 32)
             };
-            let l: [i8; 16] = core::array::from_fn(|i| e[i] as u8 as i8);
-            let h: [i8; 16] = core::array::from_fn(|i| (e[i] >> 8) as i8);
+            let (l, h): ([i8; 16], [i8; 16]) = if LOW5 {
+                (
+                    core::array::from_fn(|i| (e[i] & 31) as i8),
+                    core::array::from_fn(|i| (e[i] >> 5) as i8),
+                )
+            } else {
+                (
+                    core::array::from_fn(|i| e[i] as u8 as i8),
+                    core::array::from_fn(|i| (e[i] >> 8) as i8),
+                )
+            };
             dst[lo..lo + 16].copy_from_slice(&l);
             dst[hi..hi + 16].copy_from_slice(&h);
         }
@@ -319,7 +333,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 for p in 0..g.pair_elems / 2 {
                     let (b0, b1) = (qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16);
                     let e: [i16; 16] = core::array::from_fn(|i| PT[0][i] * b0 + PT[1][i] * b1);
-                    put(dst, p, &e);
+                    put::<{ GROUP == 4 }>(dst, p, &e);
                 }
             }
             PreparedActs {
@@ -918,16 +932,13 @@ fn avx2_triples(c: usize) -> TokenStream {
 // broadcast with vbroadcasti64x4 (a plain load) serves every lane.
 // ---------------------------------------------------------------------------------------------
 
-/// `v` (already loaded) -> lookups for dchunk `dc`; `signed` xors with `ml`, `mh`.
-fn avx512_step(c: usize, signed: bool) -> TokenStream {
+/// `v` (already loaded) -> signed triple lookups for dchunk `dc` (xor with `ml`, `mh`),
+/// interleaved into int16.
+fn avx512_step(c: usize) -> TokenStream {
     let t = idents("t", c);
     let a = idents("a", c);
     let b = idents("b", c);
-    let (xl, xh) = if signed {
-        (quote! { ml }, quote! { mh })
-    } else {
-        (quote! { z }, quote! { z })
-    };
+    let (xl, xh) = (quote! { ml }, quote! { mh });
     quote! {
         let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
         let il = _mm512_and_si512(v, nib);
@@ -973,11 +984,59 @@ fn avx512_load(full: TokenStream) -> TokenStream {
     }
 }
 
+/// Pair steps per byte-sum group (`PAIR_BYTE_STEPS` in the generated code): the AVX-512 pair
+/// tables hold `e & 31` and `e >> 5` of entries `e` in `[-255, 256]` (`put::<true>`), i.e.
+/// low parts in `[0, 31]` and high parts in `[-8, 8]`; two units per step add at most 62 and
+/// `[-16, 16]` per byte lane, so four steps stay within `u8` (248) and `i8` (64).
+const PAIR_BYTE_STEPS: usize = 4;
+
+/// `v` (already loaded) -> pair lookups for dchunk `dc`, summed in bytes into `lo`/`hi`: four
+/// `vpshufb` and two byte adds per column, no interleave (the shuffle port is the limit).
+fn avx512_pair_step(c: usize) -> TokenStream {
+    let t = idents("t", c);
+    let lo = idents("lo", c);
+    let hi = idents("hi", c);
+    quote! {
+        let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
+        let il = _mm512_and_si512(v, nib);
+        let ih = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+        #(
+            let p = #t.add(dc * 128) as *const __m256i;
+            let l0 = _mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p)), il);
+            let h0 = _mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(1))), il);
+            let l1 = _mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(2))), ih);
+            let h1 = _mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(3))), ih);
+            #lo = _mm512_add_epi8(#lo, _mm512_add_epi8(l0, l1));
+            #hi = _mm512_add_epi8(#hi, _mm512_add_epi8(h0, h1));
+        )*
+    }
+}
+
 fn avx512_pairs(c: usize) -> TokenStream {
     let (setup, zero, fl) = avx512_common(c);
-    let step = avx512_step(c, false);
+    let step = avx512_pair_step(c);
     let load_full = avx512_load(quote! { true });
     let load_any = avx512_load(quote! { 2 * dc + 1 < nch });
+    let a = idents("a", c);
+    let b = idents("b", c);
+    let lo = idents("lo", c);
+    let hi = idents("hi", c);
+    let zero_bytes = quote! { #(let mut #lo = z; let mut #hi = z;)* };
+    // byte sums -> int16 lanes in the order of the interleaved layout (vpunpck{l,h}bw):
+    // low parts zero-extended, high parts as `hi << 8 >> 3 = hi * 32`
+    let widen = quote! {
+        #(
+            #a = _mm512_add_epi16(#a, _mm512_add_epi16(
+                _mm512_unpacklo_epi8(#lo, z),
+                _mm512_srai_epi16::<3>(_mm512_unpacklo_epi8(z, #hi)),
+            ));
+            #b = _mm512_add_epi16(#b, _mm512_add_epi16(
+                _mm512_unpackhi_epi8(#lo, z),
+                _mm512_srai_epi16::<3>(_mm512_unpackhi_epi8(z, #hi)),
+            ));
+        )*
+    };
+    let bs = lit(PAIR_BYTE_STEPS);
     quote! {
         #setup
         let nd = nch / 2;
@@ -986,17 +1045,24 @@ fn avx512_pairs(c: usize) -> TokenStream {
             let end = if nd - dc > FLUSH_STEPS { dc + FLUSH_STEPS } else { nd };
             #zero
             while dc < end {
-                #load_full
-                #step
-                dc += 1;
+                let group_end = if end - dc > #bs { dc + #bs } else { end };
+                #zero_bytes
+                while dc < group_end {
+                    #load_full
+                    #step
+                    dc += 1;
+                }
+                #widen
             }
             #fl
         }
         if nch % 2 == 1 {
             let dc = nd;
             #zero
+            #zero_bytes
             #load_any
             #step
+            #widen
             #fl
         }
     }
@@ -1004,7 +1070,7 @@ fn avx512_pairs(c: usize) -> TokenStream {
 
 fn avx512_triples(c: usize) -> TokenStream {
     let (setup, zero, fl) = avx512_common(c);
-    let step = avx512_step(c, true);
+    let step = avx512_step(c);
     let load_full = avx512_load(quote! { true });
     let load_any = avx512_load(quote! { 2 * dc + 1 < nmag });
     // bits of dchunk `dd` (0, 1) inside a sign group: low-nibble units are triples 4dd (chunk
