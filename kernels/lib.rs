@@ -21,6 +21,7 @@
 //! ```
 
 mod acts;
+mod aligned;
 pub mod cpu;
 mod dispatch;
 pub mod reference;
@@ -31,6 +32,7 @@ mod gen {
     include!(concat!(env!("TERNFORGE_GENERATED_DIR"), "/registry.rs"));
 }
 
+pub use aligned::AlignedBytes;
 pub use dispatch::{
     dequantize, dequantize_with, dispatch, matmul, matmul_prepared, matmul_prepared_many,
     matmul_with, prepare_for, quantize, quantize_with, select_matmul, Dispatch,

@@ -55,7 +55,9 @@ pub fn convert(
     let g = Gguf::parse_with(input, parse_options()).map_err(|e| e.to_string())?;
     let sizer = parse_options().lut_sizer.expect("LUT sizer");
     let mut w = GgufWriter::new().with_lut_sizer(sizer);
-    w.set_alignment(g.alignment()).map_err(|e| e.to_string())?;
+    // at least cache-line alignment for the converted tensors (see ternforge::AlignedBytes)
+    w.set_alignment(g.alignment().max(64))
+        .map_err(|e| e.to_string())?;
     for (k, v) in g
         .metadata()
         .iter()

@@ -72,6 +72,9 @@ pub fn synthesize(shape: Shape, format: Format, seed: u64) -> Result<Vec<u8>, Sy
     let mut rng = Rng(seed);
     let arch = "bitnet-b1.58";
     let mut w = GgufWriter::new();
+    // tensors on cache-line boundaries (the 64-byte vector loads of the AVX-512 kernels;
+    // see ternforge::AlignedBytes)
+    w.set_alignment(64)?;
     let d = shape.n_embd;
     let hd = d / shape.n_head;
     w.add_kv("general.architecture", arch)?;

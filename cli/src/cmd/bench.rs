@@ -363,7 +363,10 @@ impl Ctx<'_> {
         drop(w);
         let bytes = packed.len();
         let copies = self.budget.weight_set.div_ceil(bytes).max(2);
-        let set: Vec<Vec<u8>> = (0..copies).map(|_| packed.clone()).collect();
+        // cache-line aligned, as tensors of a 64-aligned GGUF file are (see AlignedBytes)
+        let set: Vec<ternforge::AlignedBytes> = (0..copies)
+            .map(|_| ternforge::AlignedBytes::copy_from(&packed))
+            .collect();
         let views: Vec<PackedWeights> = set
             .iter()
             .map(|d| PackedWeights::new(f, d, n, k))

@@ -171,7 +171,9 @@ pub fn run(a: Args) -> Result<(), Error> {
 /// Model bytes: a memory-mapped file or a synthesized buffer.
 pub(super) enum Source {
     File(ternforge_engine::gguf::GgufFile),
-    Mem(Vec<u8>),
+    /// A synthesized model, copied to a cache-line aligned buffer (a plain `Vec` starts 16
+    /// bytes past a line: every 64-byte load of its tensors would span two lines).
+    Mem(ternforge::AlignedBytes),
 }
 
 impl Source {
@@ -193,7 +195,8 @@ impl Source {
             "synthesized a {preset} model with random {} weights",
             f.name()
         ));
-        Ok(Source::Mem(synthesize(shape, f, 1)?))
+        let bytes = synthesize(shape, f, 1)?;
+        Ok(Source::Mem(ternforge::AlignedBytes::copy_from(&bytes)))
     }
 
     pub(super) fn bytes(&self) -> &[u8] {
