@@ -32,7 +32,7 @@ mod gen {
     include!(concat!(env!("TERNFORGE_GENERATED_DIR"), "/registry.rs"));
 }
 
-pub use aligned::AlignedBytes;
+pub use aligned::{Aligned, AlignedBytes, AlignedI8};
 pub use dispatch::{
     dequantize, dequantize_with, dispatch, matmul, matmul_prepared, matmul_prepared_many,
     matmul_with, prepare_for, quantize, quantize_with, select_matmul, Dispatch,
@@ -63,13 +63,13 @@ pub struct PreparedActs {
     /// The kernel family (generated module) whose layout this is.
     pub(crate) layout: &'static str,
     /// `m * stride` int8 values in the kernel's element order.
-    pub(crate) q: Vec<i8>,
+    pub(crate) q: AlignedI8,
     pub(crate) scale: Vec<f32>,
     pub(crate) sum: Vec<i32>,
     /// Per-block sums `bsum[m * nb + b]` (block-scale formats only).
     pub(crate) bsum: Vec<i32>,
     /// Lookup tables (LUT formats only).
-    pub(crate) lut: Vec<i8>,
+    pub(crate) lut: AlignedI8,
 }
 
 impl PreparedActs {

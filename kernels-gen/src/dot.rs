@@ -227,7 +227,7 @@ fn gen_prepare(
         quote! { let bsum = Vec::new(); }
     };
     let permute = if identity {
-        quote! { let q = acts.q.clone(); }
+        quote! { let q = crate::AlignedI8::copy_from(&acts.q); }
     } else {
         // The slot -> element maps as runs of consecutive slots holding consecutive
         // elements (slot, element, length); padding slots are in no run and stay 0.
@@ -264,7 +264,7 @@ fn gen_prepare(
             /// The same for a single-block tail span.
             const TAIL_RUNS: [(usize, usize, usize); #tail_n] = [#(#tail_runs),*];
             let stride = prepared_stride(k);
-            let mut q = vec![0i8; m * stride];
+            let mut q = crate::AlignedI8::zeroed(m * stride);
             let nb = k / #be;
             let main_spans = nb / #sb;
             for row in 0..m {
@@ -297,7 +297,7 @@ fn gen_prepare(
             #bsum
             PreparedActs {
                 m, k, stride: prepared_stride(k), layout: LAYOUT, q,
-                scale: acts.scale.clone(), sum: acts.sum.clone(), bsum, lut: Vec::new(),
+                scale: acts.scale.clone(), sum: acts.sum.clone(), bsum, lut: crate::AlignedI8::zeroed(0),
             }
         }
     }

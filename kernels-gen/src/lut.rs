@@ -317,13 +317,13 @@ fn gen_prepare(triples: bool) -> TokenStream {
             let (m, k) = (acts.m, acts.k);
             let g = LutGeometry::new(SPEC, 1, k);
             let kp = g.pair_base() + g.pair_elems;
-            let mut q = vec![0i8; m * kp];
+            let mut q = crate::AlignedI8::zeroed(m * kp);
             for row in 0..m {
                 q[row * kp..row * kp + k].copy_from_slice(acts.row(row));
             }
             let tri_bytes = area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
-            let mut lut = vec![0i8; m * row_bytes];
+            let mut lut = crate::AlignedI8::zeroed(m * row_bytes);
             for row in 0..m {
                 let qr = &q[row * kp..(row + 1) * kp];
                 let dst = &mut lut[row * row_bytes..(row + 1) * row_bytes];
