@@ -406,42 +406,39 @@ pub fn combine_spans(parts: &[(&[f32], (f32, f32))], out: &mut [f32]) {
     }
 }
 
-/// Causal GQA attention of a batch of `m` tokens at positions `pos0..pos0 + m`: per token and
-/// query head, `softmax(q · Kᵀ / sqrt(head_dim)) · V` over positions `0..=` its own. `kc`/`vc`:
-/// one layer's caches, one per KV head (`n_head / kc.len()` query heads share each). The work
-/// is split by (token, KV head), each piece reading its keys and values once for the whole
-/// query group, and, where that gives the pool too few pieces (decoding), also by spans of
-/// positions whose partial results are merged afterwards ([`combine_spans`]).
-pub fn attention(
-    q: &[f32],
-    kc: &[Vec<f32>],
-    vc: &[Vec<f32>],
-    pos0: usize,
-    m: usize,
-    nh: usize,
-    hd: usize,
-) -> Vec<f32> {
+/// The inputs of one layer's attention for a batch of `m` tokens at positions
+/// `pos0..pos0 + m`: their queries (`m x n_head x head_dim`) and the layer's caches, one per KV
+/// head (`n_head / kc.len()` query heads share each), holding every position up to the last
+/// token's.
+pub struct AttnBatch<'a> {
+    pub q: &'a [f32],
+    pub kc: &'a [Vec<f32>],
+    pub vc: &'a [Vec<f32>],
+    pub pos0: usize,
+    pub m: usize,
+    pub n_head: usize,
+    pub head_dim: usize,
+}
+
+/// Causal GQA attention: per token and query head, `softmax(q · Kᵀ / sqrt(head_dim)) · V` over
+/// positions `0..=` its own. The work is split by (token, KV head), each piece reading its
+/// keys and values once for the whole query group, and, where that gives the pool too few
+/// pieces (decoding), also by spans of positions whose partial results are merged afterwards
+/// ([`combine_spans`]).
+pub fn attention(b: &AttnBatch<'_>) -> Vec<f32> {
     // about four pieces per thread, no span under 64 positions
     let threads = rayon::current_num_threads();
     let spans = (4 * threads)
-        .div_ceil(m * kc.len())
-        .min((pos0 + m) / 64)
+        .div_ceil(b.m * b.kc.len())
+        .min((b.pos0 + b.m) / 64)
         .max(1);
-    attention_in_spans(q, kc, vc, pos0, m, nh, hd, spans)
+    attention_in_spans(b, spans)
 }
 
 /// [`attention`] with each token's positions cut into `spans` pieces.
-#[allow(clippy::too_many_arguments)]
-fn attention_in_spans(
-    q: &[f32],
-    kc: &[Vec<f32>],
-    vc: &[Vec<f32>],
-    pos0: usize,
-    m: usize,
-    nh: usize,
-    hd: usize,
-    spans: usize,
-) -> Vec<f32> {
+fn attention_in_spans(b: &AttnBatch<'_>, spans: usize) -> Vec<f32> {
+    let (q, kc, vc, pos0, m) = (b.q, b.kc, b.vc, b.pos0, b.m);
+    let (nh, hd) = (b.n_head, b.head_dim);
     let nkv = kc.len();
     let (g, d) = (nh / nkv, nh * hd);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -723,7 +720,15 @@ impl<'m, 'a> Session<'m, 'a> {
                 }
             }
             let (kc, vc) = (&self.k_cache[heads.clone()], &self.v_cache[heads]);
-            let mut att = attention(&q, kc, vc, self.pos, m, nh, hd);
+            let mut att = attention(&AttnBatch {
+                q: &q,
+                kc,
+                vc,
+                pos0: self.pos,
+                m,
+                n_head: nh,
+                head_dim: hd,
+            });
             rms_norm(&mut att, &layer.attn_sub_norm, cfg.eps);
             let o = self.project(&att, m, &[layer.o])?.pop().expect("o");
             for (a, b) in x.iter_mut().zip(&o) {
@@ -780,15 +785,9 @@ mod tests {
     }
 
     /// Causal GQA attention in f64, straight from the definition.
-    fn attention_f64(
-        q: &[f32],
-        kc: &[Vec<f32>],
-        vc: &[Vec<f32>],
-        pos0: usize,
-        m: usize,
-        nh: usize,
-        hd: usize,
-    ) -> Vec<f64> {
+    fn attention_f64(b: &AttnBatch<'_>) -> Vec<f64> {
+        let (q, kc, vc, pos0, m) = (b.q, b.kc, b.vc, b.pos0, b.m);
+        let (nh, hd) = (b.n_head, b.head_dim);
         let g = nh / kc.len();
         let mut out = vec![0f64; m * nh * hd];
         for t in 0..m {
@@ -847,10 +846,19 @@ mod tests {
                 .map(|_| (0..n * hd).map(|_| rnd(1.0)).collect())
                 .collect();
             let q: Vec<f32> = (0..m * nh * hd).map(|_| rnd(3.0)).collect();
-            let want = attention_f64(&q, &kc, &vc, pos0, m, nh, hd);
+            let b = AttnBatch {
+                q: &q,
+                kc: &kc,
+                vc: &vc,
+                pos0,
+                m,
+                n_head: nh,
+                head_dim: hd,
+            };
+            let want = attention_f64(&b);
             // spans beyond a token's positions leave empty pieces
             for spans in [1, 2, 3, 7] {
-                let got = attention_in_spans(&q, &kc, &vc, pos0, m, nh, hd, spans);
+                let got = attention_in_spans(&b, spans);
                 let err = got
                     .iter()
                     .zip(&want)
@@ -861,7 +869,7 @@ mod tests {
                     "nh {nh} nkv {nkv} hd {hd} pos0 {pos0} m {m} spans {spans}: max error {err}"
                 );
             }
-            assert_eq!(attention(&q, &kc, &vc, pos0, m, nh, hd).len(), want.len());
+            assert_eq!(attention(&b).len(), want.len());
         }
     }
 
