@@ -428,6 +428,14 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
             )
         }
     };
+    // one block: its codes and (block-scale formats) its scale
+    let block = quote! {
+        let x = src.add(blk * #be);
+        #block_ptr
+        #block_scale
+        #pack
+        #store_scale
+    };
     let blocks = match spec.quantizer {
         // short blocks in groups of 256 elements: the group's maxima first (independent
         // reductions the core overlaps), then its codes
@@ -442,11 +450,7 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
                         amaxs[blk - blk0] = crate::absmax(core::slice::from_raw_parts(src.add(blk * #be), #be));
                     }
                     for blk in blk0..blk1 {
-                        let x = src.add(blk * #be);
-                        #block_ptr
-                        #block_scale
-                        #pack
-                        #store_scale
+                        #block
                     }
                     blk0 = blk1;
                 }
@@ -454,11 +458,7 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
         }
         Quantizer::SignMax => quote! {
             for blk in 0..nblocks {
-                let x = src.add(blk * #be);
-                #block_ptr
-                #block_scale
-                #pack
-                #store_scale
+                #block
             }
         },
     };
