@@ -71,7 +71,7 @@ impl Dispatch {
 
     /// The kernel for a format and operation. For matmul, `m` (activation rows) picks the
     /// tile: the first GEMV tile (`cols == 1`) of the table row for `m == 1`, else the first
-    /// listed GEMM tile not wider than `m`.
+    /// listed GEMM tile not wider than `m` (nor above its `min_batch`).
     pub fn select(
         &self,
         format: Format,
@@ -87,12 +87,16 @@ impl Dispatch {
             });
             // Tiles are ranked by the table: a row lists its tiles in order of preference.
             // m == 1: the first GEMV tile (cols == 1); m > 1: the first listed GEMM tile with
-            // no more columns than m, else the narrowest GEMM tile.
+            // no more columns than m and m at least its minimum batch, else the narrowest.
             let best = match op {
                 KernelOp::Matmul(_) => {
                     let cands: Vec<&'static KernelEntry> = cands.collect();
                     let cols = |e: &KernelEntry| match e.op {
                         KernelOp::Matmul(t) => t.cols,
+                        _ => 0,
+                    };
+                    let min_batch = |e: &KernelEntry| match e.op {
+                        KernelOp::Matmul(t) => t.min_batch.max(t.cols),
                         _ => 0,
                     };
                     if m <= 1 {
@@ -104,7 +108,7 @@ impl Dispatch {
                     } else {
                         let gemm = cands.iter().copied().filter(|e| cols(e) > 1);
                         gemm.clone()
-                            .find(|e| cols(e) <= m)
+                            .find(|e| min_batch(e) <= m)
                             .or_else(|| gemm.clone().min_by_key(|e| cols(e)))
                             .or(cands.first().copied())
                     }

@@ -24,6 +24,8 @@ mod acts;
 mod aligned;
 pub mod cpu;
 mod dispatch;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 pub mod reference;
 pub mod registry;
 pub mod table;

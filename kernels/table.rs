@@ -177,17 +177,60 @@ impl FormatSpec {
     }
 }
 
-/// A register tile of a matmul kernel: `rows` weight rows times `cols` activation rows
-/// (tokens) computed together. `cols == 1` is a GEMV kernel.
+/// A tile of a matmul kernel: `rows` weight rows times `cols` activation rows (tokens)
+/// computed together. `cols == 1` is a GEMV kernel.
+///
+/// A register tile (`panel == false`) decodes its rows' codes inside the dot-product loop,
+/// once per column tile. A panel tile (`panel == true`, block formats on AVX-512 VNNI)
+/// decodes a group of `rows` weight rows once into a code panel in cache and runs every
+/// activation row against it, `cols` at a time, with one `vpdpbusd` lane per (weight row,
+/// token): decoding is paid once for the whole batch (prefill, GEMM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tile {
     pub rows: usize,
     pub cols: usize,
+    pub panel: bool,
+    /// Smallest batch (activation rows) dispatch uses this tile for (at least `cols`): a
+    /// panel pays its decode once per weight, which only a large enough batch amortises.
+    pub min_batch: usize,
 }
 
 impl Tile {
+    /// A register tile.
     pub const fn new(rows: usize, cols: usize) -> Tile {
-        Tile { rows, cols }
+        Tile {
+            rows,
+            cols,
+            panel: false,
+            min_batch: cols,
+        }
+    }
+
+    /// A panel tile (`rows` a multiple of 16).
+    pub const fn panel(rows: usize, cols: usize) -> Tile {
+        Tile {
+            rows,
+            cols,
+            panel: true,
+            min_batch: cols,
+        }
+    }
+
+    /// The same tile, used by dispatch only from `m` activation rows on.
+    pub const fn from_batch(self, m: usize) -> Tile {
+        Tile {
+            min_batch: if m > self.cols { m } else { self.cols },
+            ..self
+        }
+    }
+
+    /// Kernel name suffix: `mm4x4` for register tiles, `pn32x12` for panel tiles.
+    pub const fn prefix(&self) -> &'static str {
+        if self.panel {
+            "pn"
+        } else {
+            "mm"
+        }
     }
 }
 
@@ -305,6 +348,14 @@ const GEMM4X4: Tile = Tile::new(4, 4);
 const GEMM2X8: Tile = Tile::new(2, 8);
 const LUT1: Tile = Tile::new(32, 1);
 const LUT4: Tile = Tile::new(32, 4);
+/// Panel tiles, from the batch where they overtake the register tiles (measured on the
+/// Emerald Rapids Xeon, 2560x2560, one thread: I2S mm4x4 decodes so cheaply that the panel
+/// wins from m ~ 28, QK256 from ~ 14, TQ1_0 and I2S64 from ~ 8). 32 rows x 8 columns beat
+/// 32x12, 16x12, 32x6, 48x4 and 64x3 at m = 128 (I2S64 224 vs 191-209 GMAC/s; the block
+/// formats keep 16 f32 accumulators next to 16 i32 ones).
+const PANEL: Tile = Tile::panel(32, 8);
+const PANEL_I2S: Tile = Tile::panel(32, 8).from_batch(32);
+const PANEL_QK256: Tile = Tile::panel(32, 8).from_batch(16);
 
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
 /// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
@@ -321,21 +372,21 @@ pub const TABLE: &[Row] = &[
     Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV2, GEMV1, GEMM4X4, GEMM2X8] },
+    Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV2, GEMV1, PANEL_I2S, GEMM4X4, GEMM2X8] },
     Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // QK256 = TQ2_0
     Row { format: &QK256, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL_QK256, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &QK256, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // TQ1_0
     Row { format: &TQ1_0, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::NeonDot, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     // TL1
@@ -351,7 +402,7 @@ pub const TABLE: &[Row] = &[
     // I2S64: added as rows only (see its FormatSpec)
     Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::NeonDot, tiles: &[GEMV4, GEMV1, GEMM4X4] },
 ];

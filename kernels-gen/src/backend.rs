@@ -116,6 +116,11 @@ pub trait Backend {
     fn prefetch(&self, _ptr: TokenStream, _far: bool) -> TokenStream {
         quote! {}
     }
+    /// Statement: store the first `l` byte lanes of code vector `v` at `ptr` (a `*mut u8`),
+    /// writing no byte past them. Only the ISAs that have panel tiles implement it.
+    fn store_codes(&self, _l: usize, _ptr: TokenStream, _v: &Ident) -> Option<TokenStream> {
+        None
+    }
 }
 
 pub fn backend(isa: Isa) -> Box<dyn Backend> {
@@ -425,6 +430,26 @@ impl Backend for X86 {
         } else {
             quote! { _mm_prefetch::<_MM_HINT_T0>(#ptr as *const i8); }
         }
+    }
+    fn store_codes(&self, l: usize, ptr: TokenStream, v: &Ident) -> Option<TokenStream> {
+        if self.isa != Isa::Avx512Vnni || l > self.w {
+            return None;
+        }
+        let p = quote! { (#ptr as *mut u8) };
+        Some(match (l == self.w, self.wide()) {
+            (true, true) => quote! { _mm512_storeu_si512(#p as *mut _, #v); },
+            (true, false) => quote! { _mm256_storeu_si256(#p as *mut __m256i, #v); },
+            (false, wide) => {
+                // AVX-512 BW (+VL): masked-off bytes are not written
+                let mask = proc_macro2::Literal::u64_unsuffixed((1u64 << l) - 1);
+                if wide {
+                    quote! { _mm512_mask_storeu_epi8(#p as *mut i8, #mask, #v); }
+                } else {
+                    let mask = proc_macro2::Literal::u32_unsuffixed(((1u64 << l) - 1) as u32);
+                    quote! { _mm256_mask_storeu_epi8(#p as *mut i8, #mask, #v); }
+                }
+            }
+        })
     }
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps

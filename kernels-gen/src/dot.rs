@@ -143,7 +143,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let prepare = gen_prepare(spec, &plan, &main_map, &tail_map, identity);
     let mut tiles = TokenStream::new();
     let mut shapes: Vec<(usize, usize)> = Vec::new();
-    for t in row.tiles {
+    for t in row.tiles.iter().filter(|t| !t.panel) {
         for s in [(t.rows, t.cols), (t.rows, 1), (1, 1)] {
             if !shapes.contains(&s) {
                 shapes.push(s);
@@ -154,7 +154,11 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         tiles.extend(gen_tile(spec, &*b, &plan, r, c, &tf));
     }
     for t in row.tiles {
-        tiles.extend(gen_matmul(spec, &*b, *t, &tf));
+        if t.panel {
+            tiles.extend(gen_panel(spec, &*b, &plan, *t, &tf)?);
+        } else {
+            tiles.extend(gen_matmul(spec, &*b, *t, &tf));
+        }
     }
     let scale_doc = if per_block {
         "per-block f16 scales"
@@ -1071,4 +1075,172 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
             }
         }
     }
+}
+
+/// Statements decoding one span's codes into code bytes at their prepared slots
+/// (`dst + span_elem + slot`), reading the weights at `w0 + span_off`.
+fn span_codes(b: &dyn Backend, ch: &[Chunk]) -> Result<TokenStream, String> {
+    let vt = b.vec_ty();
+    let mut body = TokenStream::new();
+    for chunk in ch {
+        let off = lit(chunk.offset);
+        let w = lit(chunk.width);
+        let load = b.load(chunk.width, quote! { w0.add(span_off + #off + rep * #w) });
+        let mut st = quote! { let v: #vt = #load; };
+        for cv in &chunk.vecs {
+            let o = match cv.act {
+                ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
+            };
+            let code = b.code(&format_ident!("v"), cv.op);
+            let store = b
+                .store_codes(
+                    chunk.width,
+                    quote! { dst.add(span_elem + #o + rep * #w) },
+                    &format_ident!("c"),
+                )
+                .ok_or_else(|| format!("{} has no code store for panel tiles", b.isa().name()))?;
+            st.extend(quote! {{ let c: #vt = #code; #store }});
+        }
+        let reps = lit(chunk.repeat);
+        body.extend(quote! { for rep in 0..#reps { #st } });
+    }
+    Ok(body)
+}
+
+/// A panel matmul (`Tile::panel`): per group of `t.rows` weight rows, their codes decoded
+/// once into slot order (the activation layout of this row's `prepare`), transposed into a
+/// panel and run against every activation row by `crate::panel` (format independent).
+fn gen_panel(
+    spec: &FormatSpec,
+    b: &dyn Backend,
+    plan: &Plan,
+    t: Tile,
+    tf: &TokenStream,
+) -> Result<TokenStream, String> {
+    let main_slots: usize = plan
+        .main
+        .iter()
+        .map(|c| c.repeat * c.width * c.vecs.len())
+        .sum();
+    let tail_slots: usize = plan
+        .tail
+        .iter()
+        .flatten()
+        .map(|c| c.repeat * c.width * c.vecs.len())
+        .sum();
+    if !main_slots.is_multiple_of(4) || !tail_slots.is_multiple_of(4) {
+        return Err(format!(
+            "{}: panel tiles need spans of whole 4-slot groups ({main_slots} / {tail_slots} slots)",
+            spec.name
+        ));
+    }
+    let name = format_ident!("pn{}x{}", t.rows, t.cols);
+    let (rl, h, c) = (lit(t.rows), lit(t.rows / 16), lit(t.cols));
+    let be = lit(spec.block_elems);
+    let bcb = lit(spec.block_code_bytes);
+    let bb = lit(spec.block_bytes());
+    let sb = lit(plan.span_blocks);
+    let main = span_codes(b, &plan.main)?;
+    let floats = if spec.scale == ScaleRule::BlockF16 {
+        quote! { nb * #rl }
+    } else {
+        quote! { 0 }
+    };
+    let (row_bytes, ws, decode, blocks) = match spec.scale {
+        ScaleRule::BlockF16 => {
+            let f16 = b.load_f16(quote! { w0.add(span_off + #bcb) });
+            (
+                quote! { nb * #bb },
+                quote! { 0f32 },
+                quote! {
+                    for blk in 0..nb {
+                        let span_off = blk * #bb;
+                        let span_elem = blk * MAIN_SLOTS;
+                        #main
+                        *dsc.get_unchecked_mut(blk * #rl + i) = #f16;
+                    }
+                },
+                quote! {
+                    Some(crate::panel::Blocks { d: dsc.as_ptr(), nb, bk4: MAIN_SLOTS / 4 })
+                },
+            )
+        }
+        ScaleRule::TensorTail { .. } => {
+            let tail = match &plan.tail {
+                Some(tc) => {
+                    let td = span_codes(b, tc)?;
+                    quote! {
+                        for blk in spans * #sb..nb {
+                            let span_off = blk * #bcb;
+                            let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
+                            #td
+                        }
+                    }
+                }
+                None => quote! {},
+            };
+            (
+                quote! { nb * #bcb },
+                quote! {{
+                    let t = w.add(n * row_bytes);
+                    f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)])
+                }},
+                quote! {
+                    let spans = nb / #sb;
+                    for sp in 0..spans {
+                        let span_off = sp * #sb * #bcb;
+                        let span_elem = sp * MAIN_SLOTS;
+                        #main
+                    }
+                    #tail
+                },
+                quote! { None },
+            )
+        }
+    };
+    let doc = format!(
+        " Panel matmul: groups of {} weight rows decoded once, every activation row {} at a time.",
+        t.rows, t.cols
+    );
+    Ok(quote! {
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// As the register-tile kernels: `w` is a valid `n x k` tensor of this format, `acts`
+        /// was made by [`prepare`] for the same `k`, `r0 <= r1 <= n`, and `out` is valid for
+        /// writes at `m * n + row` for every activation row `m` and `row` in `r0..r1`.
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let nb = k / #be;
+            let row_bytes = #row_bytes;
+            let ws = #ws;
+            let stride = acts.stride;
+            let pitch = crate::panel::pitch(stride);
+            // this thread's buffers: the group's codes (row i at i * pitch, slot order), the
+            // transposed panel and (block scales) d[blk * rows + i]. Slots past `stride`, and
+            // rows past `rows` of a last partial group, hold stale bytes: their lanes are
+            // never read (`stride / 4` slot groups) or never stored (masked rows).
+            let floats = #floats;
+            crate::panel::with_buffers(2 * #rl * pitch, floats, |buf, dsc| {
+                let (scratch, panel) = buf.split_at_mut(#rl * pitch);
+                let mut row = r0;
+                while row < r1 {
+                    let rows = (r1 - row).min(#rl);
+                    for i in 0..rows {
+                        let w0 = w.add((row + i) * row_bytes);
+                        let dst = scratch.as_mut_ptr().add(i * pitch);
+                        #decode
+                    }
+                    crate::panel::transpose::<#h>(scratch.as_ptr(), pitch, panel.as_mut_ptr());
+                    crate::panel::run::<#h, #c>(
+                        panel.as_ptr(), stride / 4, #blocks, ws, acts,
+                        crate::panel::Dest { out, n, row, rows },
+                    );
+                    row += #rl;
+                }
+            })
+        }
+    })
 }

@@ -53,9 +53,10 @@ pub fn generate(isas: &[Isa], out_dir: &str) -> TokenStream {
             Op::Quantize => (quote! { KernelOp::Quantize }, quote! { KernelFn::Quantize(generated::#m::quantize) }),
             Op::Dequantize => (quote! { KernelOp::Dequantize }, quote! { KernelFn::Dequantize(generated::#m::dequantize) }),
             Op::Matmul(t) => {
-                let (r, c) = (Literal::usize_unsuffixed(t.rows), Literal::usize_unsuffixed(t.cols));
+                let (r, c, p) = (Literal::usize_unsuffixed(t.rows), Literal::usize_unsuffixed(t.cols), t.panel);
+                let mb = Literal::usize_unsuffixed(t.min_batch);
                 (
-                    quote! { KernelOp::Matmul(Tile { rows: #r, cols: #c }) },
+                    quote! { KernelOp::Matmul(Tile { rows: #r, cols: #c, panel: #p, min_batch: #mb }) },
                     quote! { KernelFn::Matmul { prepare: generated::#m::prepare, run: generated::#m::#f } },
                 )
             }

@@ -1,6 +1,6 @@
 //! Build-time validation of the table. `build.rs` fails with these messages, naming the row.
 
-use crate::table::{CodeRule, FormatSpec, Quantizer, Row, ScaleRule};
+use crate::table::{CodeRule, FormatSpec, Isa, Quantizer, Row, ScaleRule};
 
 fn check_format(f: &FormatSpec) -> Result<(), String> {
     let err = |m: String| Err(format!("table: format {}: {m}", f.ident));
@@ -107,7 +107,25 @@ pub fn validate(table: &[Row]) -> Result<(), String> {
             if t.rows == 0 || t.cols == 0 {
                 return Err(format!("{here}: empty tile {}x{}", t.rows, t.cols));
             }
-            if f.is_lut() {
+            if t.panel {
+                // panel tiles: 16 weight rows per zmm, `rows / 16 * cols` i32 accumulators
+                // (plus as many f32 ones for block scales) and the weight vectors in 32 zmm
+                if row.isa != Isa::Avx512Vnni || f.is_lut() {
+                    return Err(format!(
+                        "{here}: panel tiles exist for block formats on avx512vnni only"
+                    ));
+                }
+                if !t.rows.is_multiple_of(16)
+                    || t.rows > 64
+                    || t.cols > 16
+                    || (t.rows / 16) * (t.cols + 1) > 30
+                {
+                    return Err(format!(
+                        "{here}: panel tile {}x{} must have 16, 32, 48 or 64 rows and fit 30 zmm registers (rows / 16 * (cols + 1))",
+                        t.rows, t.cols
+                    ));
+                }
+            } else if f.is_lut() {
                 if t.rows != f.tile_rows() || t.cols > 8 {
                     return Err(format!(
                         "{here}: LUT tiles cover one layout tile ({} rows) and at most 8 columns, got {}x{}",

@@ -47,6 +47,10 @@ fn op_name(op: KernelOp) -> String {
         KernelOp::Quantize => "quantize".into(),
         KernelOp::Dequantize => "dequantize".into(),
         KernelOp::Matmul(t) if t.cols == 1 => format!("gemv {}x{}", t.rows, t.cols),
+        KernelOp::Matmul(t) if t.panel && t.min_batch > t.cols => {
+            format!("gemm panel {}x{} m>={}", t.rows, t.cols, t.min_batch)
+        }
+        KernelOp::Matmul(t) if t.panel => format!("gemm panel {}x{}", t.rows, t.cols),
         KernelOp::Matmul(t) => format!("gemm {}x{}", t.rows, t.cols),
     }
 }
