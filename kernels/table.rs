@@ -356,6 +356,7 @@ const LUT4: Tile = Tile::new(32, 4);
 const PANEL: Tile = Tile::panel(32, 8);
 const PANEL_I2S: Tile = Tile::panel(32, 8).from_batch(32);
 const PANEL_QK256: Tile = Tile::panel(32, 8).from_batch(16);
+const PANEL_LUT: Tile = Tile::panel(32, 8);
 
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
 /// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
@@ -393,11 +394,13 @@ pub const TABLE: &[Row] = &[
     Row { format: &TL1, isa: Isa::Scalar, tiles: &[LUT1, LUT4] },
     Row { format: &TL1, isa: Isa::Avx2, tiles: &[LUT1, LUT4] },
     Row { format: &TL1, isa: Isa::Avx512, tiles: &[LUT1, LUT4] },
+    Row { format: &TL1, isa: Isa::Avx512Vnni, tiles: &[LUT1, PANEL_LUT, LUT4] },
     Row { format: &TL1, isa: Isa::Neon, tiles: &[LUT1, LUT4] },
     // TL2
     Row { format: &TL2, isa: Isa::Scalar, tiles: &[LUT1, LUT4] },
     Row { format: &TL2, isa: Isa::Avx2, tiles: &[LUT1, LUT4] },
     Row { format: &TL2, isa: Isa::Avx512, tiles: &[LUT1, LUT4] },
+    Row { format: &TL2, isa: Isa::Avx512Vnni, tiles: &[LUT1, PANEL_LUT, LUT4] },
     Row { format: &TL2, isa: Isa::Neon, tiles: &[LUT1, LUT4] },
     // I2S64: added as rows only (see its FormatSpec)
     Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },

@@ -72,14 +72,31 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
             row.isa.name()
         ));
     }
-    if !matches!(row.isa, Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Neon) {
+    if !matches!(
+        row.isa,
+        Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon
+    ) {
         return Err(format!(
-            "table row {} on {}: no LUT template for this ISA (scalar, avx2, avx512, neon)",
+            "table row {} on {}: no LUT template for this ISA (scalar, avx2, avx512(vnni), neon)",
             spec.ident,
             row.isa.name()
         ));
     }
+    // the LUT tiles of AVX-512 VNNI are the AVX-512 BW ones (table lookups need no dot
+    // product); the row exists for its panel tiles, which use `vpdpbusd`
+    let tisa = if row.isa == Isa::Avx512Vnni {
+        Isa::Avx512
+    } else {
+        row.isa
+    };
     for t in row.tiles {
+        if t.panel && row.isa != Isa::Avx512Vnni {
+            return Err(format!(
+                "table row {} on {}: panel tiles need avx512vnni",
+                spec.ident,
+                row.isa.name()
+            ));
+        }
         if t.rows != BM {
             return Err(format!(
                 "table row {}: LUT tile {}x{} must have {BM} rows",
@@ -90,9 +107,9 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let tf = target_feature(row.isa);
     let layout = crate::module_name(row);
     let ident = format_ident!("{}", spec.ident);
-    let group = lit(group_units(row.isa));
+    let group = lit(group_units(tisa));
     let isa_ident = format_ident!("{}", format!("{:?}", row.isa));
-    let prelude = match row.isa {
+    let prelude = match tisa {
         Isa::Avx2 | Isa::Avx512 => quote! { use core::arch::x86_64::*; },
         Isa::Neon => quote! { use core::arch::aarch64::*; },
         _ => quote! {},
@@ -102,21 +119,30 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let quantize = gen_quantize(triples, &tf);
     let dequantize = gen_dequantize(triples, &tf);
     let zip = gen_zip();
-    let flush = gen_flush(row.isa, &tf);
+    let flush = gen_flush(tisa, &tf);
 
-    let mut cols: Vec<usize> = row.tiles.iter().map(|t| t.cols).collect();
+    let mut cols: Vec<usize> = row
+        .tiles
+        .iter()
+        .filter(|t| !t.panel)
+        .map(|t| t.cols)
+        .collect();
     if !cols.contains(&1) {
         cols.push(1);
     }
     let mut tiles = TokenStream::new();
     for &c in &cols {
-        tiles.extend(gen_tile(row.isa, triples, c, &tf));
+        tiles.extend(gen_tile(tisa, triples, c, &tf));
     }
     for t in row.tiles {
-        tiles.extend(gen_matmul(*t, &tf));
+        if t.panel {
+            tiles.extend(gen_panel(triples, *t, &tf));
+        } else {
+            tiles.extend(gen_matmul(*t, &tf));
+        }
     }
     let flush_steps = lit(FLUSH_UNITS / 2);
-    let flush_const = if row.isa == Isa::Scalar {
+    let flush_const = if tisa == Isa::Scalar {
         // the scalar tiles accumulate in i32 directly
         quote! {}
     } else {
@@ -237,7 +263,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
     let tri = if triples {
         quote! {
             for t in 0..g.t {
-                let (b0, b1, b2) = (qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16);
+                let (b0, b1, b2) = (qr[4 * t] as i16, qr[4 * t + 1] as i16, qr[4 * t + 2] as i16);
                 let e: [i16; 16] =
                     core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
                 put::<false>(dst, t, &e);
@@ -310,16 +336,25 @@ fn gen_prepare(triples: bool) -> TokenStream {
             t
         };
 
-        /// LUT activation layout: the int8 row padded with zeros to
-        /// `reference::lut::padded_k` and, per activation row, `area(T)` bytes of triple
-        /// tables (TL2) then `area(pair_elems / 2)` bytes of pair tables (see `put`).
+        /// LUT activation layout: the int8 row in `reference::lut::prepared_k` slots (TL2:
+        /// four per triple, the fourth 0, then the pair elements; TL1: the row padded with
+        /// zeros to whole pairs of pairs) and, per activation row, `area(T)` bytes of triple
+        /// tables (TL2) then `area(pair_elems / 2)` bytes of pair tables (see `put`). The
+        /// tables are built from the slots; the panel tiles read the slots directly.
         pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
             let (m, k) = (acts.m, acts.k);
             let g = LutGeometry::new(SPEC, 1, k);
-            let kp = g.pair_base() + g.pair_elems;
+            let kp = 4 * g.t + g.pair_elems;
+            debug_assert_eq!(kp, crate::reference::lut::prepared_k(SPEC, k));
             let mut q = crate::AlignedI8::zeroed(m * kp);
             for row in 0..m {
-                q[row * kp..row * kp + k].copy_from_slice(acts.row(row));
+                let src = acts.row(row);
+                let dst = &mut q[row * kp..(row + 1) * kp];
+                for t in 0..g.t {
+                    dst[4 * t..4 * t + 3].copy_from_slice(&src[3 * t..3 * t + 3]);
+                }
+                let pb = g.pair_base();
+                dst[4 * g.t..4 * g.t + (k - pb)].copy_from_slice(&src[pb..]);
             }
             let tri_bytes = area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
@@ -329,7 +364,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let dst = &mut lut[row * row_bytes..(row + 1) * row_bytes];
                 #tri
                 let dst = &mut dst[tri_bytes..];
-                let pb = g.pair_base();
+                let pb = 4 * g.t;
                 for p in 0..g.pair_elems / 2 {
                     let (b0, b1) = (qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16);
                     let e: [i16; 16] = core::array::from_fn(|i| PT[0][i] * b0 + PT[1][i] * b1);
@@ -1325,6 +1360,137 @@ fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
                 }
                 c0 = c1;
             }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panel tiles (AVX-512 VNNI): a layout tile's index bytes decoded straight into the panel.
+// ---------------------------------------------------------------------------------------------
+
+/// A panel matmul (`Tile::panel`, 32 rows = one layout tile): the index chunks of a tile hold
+/// one byte per row, so they decode straight into panel vectors (16 rows of four codes per
+/// zmm) with one dword lookup per unit; TL2 triples apply their sign bits with a masked
+/// `0x02020202 - codes`. The activations are `prepare`'s slots (a triple is one 4-slot group),
+/// and `crate::panel::run` does the rest, as for the block formats.
+fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
+    let name = format_ident!("pn{}x{}", t.rows, t.cols);
+    let c = lit(t.cols);
+    let tri = if triples {
+        quote! {
+            let tri = _mm512_loadu_si512(PANEL_TRIPLE.as_ptr() as *const _);
+            let two = _mm512_set1_epi32(0x0202_0202);
+            for ch in 0..g.t / 2 {
+                let src = wt.add(ch * BM);
+                let sg = wt.add(g.sign_offset() + ch / 4 * BM);
+                for h in 0..2 {
+                    let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(src.add(16 * h) as *const __m128i));
+                    let s = _mm512_cvtepu8_epi32(_mm_loadu_si128(sg.add(16 * h) as *const __m128i));
+                    for (u, mag) in [(0, _mm512_and_si512(x, nib)), (1, _mm512_srli_epi32::<4>(x))] {
+                        let tr = 2 * ch + u;
+                        let v = _mm512_permutexvar_epi32(mag, tri);
+                        let neg = _mm512_test_epi32_mask(s, _mm512_set1_epi32(1 << (tr % 8)));
+                        let v = _mm512_mask_sub_epi32(v, neg, two, v);
+                        _mm512_storeu_si512(panel.add((tr * BM + 16 * h) * 4) as *mut _, v);
+                    }
+                }
+            }
+        }
+    } else {
+        quote! {}
+    };
+    let tri_table = if triples {
+        quote! {
+            /// Panel dword of a TL2 magnitude (positive sign): codes `w + 1` of the triple in
+            /// bytes 0-2, byte 3 a zero weight (its activation slot is 0).
+            const PANEL_TRIPLE: [i32; 16] = {
+                let mut t = [0i32; 16];
+                let mut i = 0;
+                while i < 16 {
+                    t[i] = (W[i][0] + 1) as i32
+                        | ((W[i][1] + 1) as i32) << 8
+                        | ((W[i][2] + 1) as i32) << 16
+                        | 1 << 24;
+                    i += 1;
+                }
+                t
+            };
+        }
+    } else {
+        quote! {}
+    };
+    let doc = format!(
+        " Panel matmul over weight rows `r0..r1`: one layout tile ({BM} rows) decoded into a \
+         panel at a time, every activation row against it {} at a time.",
+        t.cols
+    );
+    quote! {
+        /// Panel dwords of a pair index: codes `w + 1` of the pair in bytes 0-1
+        /// (`PANEL_PAIR_HI`: bytes 2-3, the byte's high nibble).
+        const PANEL_PAIR: [i32; 16] = {
+            let mut t = [0i32; 16];
+            let mut i = 0;
+            while i < 16 {
+                t[i] = (PW[i][0] + 1) as i32 | ((PW[i][1] + 1) as i32) << 8;
+                i += 1;
+            }
+            t
+        };
+        const PANEL_PAIR_HI: [i32; 16] = {
+            let mut t = [0i32; 16];
+            let mut i = 0;
+            while i < 16 {
+                t[i] = PANEL_PAIR[i] << 16;
+                i += 1;
+            }
+            t
+        };
+        #tri_table
+
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
+        /// same `k`, `r0` is a multiple of `BM`, `r0 <= r1 <= n`, and `out` is valid for writes
+        /// at `m * n + row` for every activation row `m` and `row` in `r0..r1`.
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let g = LutGeometry::new(SPEC, n, k);
+            let tp = w.add(g.codes_bytes());
+            let ws = f32::from_le_bytes([*tp, *tp.add(1), *tp.add(2), *tp.add(3)]);
+            // slot groups: one per triple, then one per pair of pairs
+            let k4 = g.t + g.pair_elems / 4;
+            let nib = _mm512_set1_epi32(15);
+            let plo = _mm512_loadu_si512(PANEL_PAIR.as_ptr() as *const _);
+            let phi = _mm512_loadu_si512(PANEL_PAIR_HI.as_ptr() as *const _);
+            crate::panel::with_buffers(k4 * BM * 4, 0, |buf, _| {
+                let panel = buf.as_mut_ptr();
+                let mut row = r0;
+                while row < r1 {
+                    let wt = w.add(row / BM * g.tile_bytes);
+                    let rows = if r1 - row < BM { r1 - row } else { BM };
+                    #tri
+                    for ch in 0..g.pair_elems / 4 {
+                        let src = wt.add(g.pair_offset() + ch * BM);
+                        let dst = panel.add((g.t + ch) * BM * 4);
+                        for h in 0..2 {
+                            let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(src.add(16 * h) as *const __m128i));
+                            let v = _mm512_or_si512(
+                                _mm512_permutexvar_epi32(_mm512_and_si512(x, nib), plo),
+                                _mm512_permutexvar_epi32(_mm512_srli_epi32::<4>(x), phi),
+                            );
+                            _mm512_storeu_si512(dst.add(64 * h) as *mut _, v);
+                        }
+                    }
+                    crate::panel::run::<2, #c>(
+                        panel, k4, None, ws, acts,
+                        crate::panel::Dest { out, n, row, rows },
+                    );
+                    row += BM;
+                }
+            })
         }
     }
 }

@@ -110,9 +110,14 @@ pub fn validate(table: &[Row]) -> Result<(), String> {
             if t.panel {
                 // panel tiles: 16 weight rows per zmm, `rows / 16 * cols` i32 accumulators
                 // (plus as many f32 ones for block scales) and the weight vectors in 32 zmm
-                if row.isa != Isa::Avx512Vnni || f.is_lut() {
+                if row.isa != Isa::Avx512Vnni {
+                    return Err(format!("{here}: panel tiles exist on avx512vnni only"));
+                }
+                if f.is_lut() && t.rows != f.tile_rows() {
                     return Err(format!(
-                        "{here}: panel tiles exist for block formats on avx512vnni only"
+                        "{here}: a LUT panel tile covers one layout tile ({} rows), got {}",
+                        f.tile_rows(),
+                        t.rows
                     ));
                 }
                 if !t.rows.is_multiple_of(16)

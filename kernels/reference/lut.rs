@@ -213,10 +213,12 @@ pub fn validate(spec: &FormatSpec, data: &[u8], n: usize, k: usize) -> Result<()
     Ok(())
 }
 
-/// K padded as the LUT kernels see it (the prepared activation row length).
-pub fn padded_k(spec: &FormatSpec, k: usize) -> usize {
+/// The prepared activation row length of the LUT kernels: four slots per TL2 triple (its
+/// three elements and a zero, so that a triple is one 4-byte group of the panel tiles), then
+/// the pair elements padded to whole pairs of pairs.
+pub fn prepared_k(spec: &FormatSpec, k: usize) -> usize {
     let g = LutGeometry::new(spec, 1, k);
-    g.pair_base() + g.pair_elems
+    4 * g.t + g.pair_elems
 }
 
 /// Units whose activation tables a kernel of `isa` stores together in `PreparedActs::lut`:
@@ -226,7 +228,7 @@ pub fn padded_k(spec: &FormatSpec, k: usize) -> usize {
 /// `hi[16]`). `lo`/`hi` are the low and high bytes of the 16 int16 sums of the unit.
 pub const fn table_group(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => 4,
+        Isa::Avx512 | Isa::Avx512Vnni => 4,
         _ => 1,
     }
 }
