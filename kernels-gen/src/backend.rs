@@ -116,6 +116,23 @@ pub trait Backend {
     fn prefetch(&self, _ptr: TokenStream, _far: bool) -> TokenStream {
         quote! {}
     }
+    /// Base-3 dots without trit extraction (VNNI: full-range u8 operands, no saturation):
+    /// the expression `3 * v mod 256` per byte lane (`v`: a vector expression), or `None`
+    /// where the dot product cannot take bytes up to 255. With it, a trit `t_n = (3 q_n -
+    /// q_{n+1}) / 256` of `q_n = 3^n b mod 256` is never formed: two accumulators take the
+    /// dots of `q_n` and of `q_{n+1}`, merged exactly after the horizontal sum.
+    fn byte_triple(&self, _v: TokenStream) -> Option<TokenStream> {
+        None
+    }
+    /// Expression: lane-wise i32 difference (with `byte_triple`).
+    fn sub32(&self, _a: TokenStream, _b: TokenStream) -> TokenStream {
+        unreachable!("sub32 is only used with byte_triple")
+    }
+    /// Expression: the lanes of a 4-lane i32 vector (`hsum4`) shifted right arithmetically
+    /// by `s` (with `byte_triple`: exact, the sums are multiples of `2^s`).
+    fn quad_srai(&self, _hs: TokenStream, _s: u32) -> TokenStream {
+        unreachable!("quad_srai is only used with byte_triple")
+    }
     /// Statement: store the first `l` byte lanes of code vector `v` at `ptr` (a `*mut u8`),
     /// writing no byte past them. Only the ISAs that have panel tiles implement it.
     fn store_codes(&self, _l: usize, _ptr: TokenStream, _v: &Ident) -> Option<TokenStream> {
@@ -521,6 +538,21 @@ impl Backend for X86 {
         } else {
             Some(quote! { _mm256_and_si256(#v, _mm256_set1_epi8(#m)) })
         }
+    }
+    fn byte_triple(&self, v: TokenStream) -> Option<TokenStream> {
+        if self.isa != Isa::Avx512Vnni {
+            return None;
+        }
+        let add8 = self.f("add_epi8");
+        Some(quote! {{ let q = #v; #add8(#add8(q, q), q) }})
+    }
+    fn sub32(&self, a: TokenStream, b: TokenStream) -> TokenStream {
+        let f = self.f("sub_epi32");
+        quote! { #f(#a, #b) }
+    }
+    fn quad_srai(&self, hs: TokenStream, s: u32) -> TokenStream {
+        let s = proc_macro2::Literal::u32_unsuffixed(s);
+        quote! { _mm_srai_epi32::<#s>(#hs) }
     }
     fn srai32(&self, acc: TokenStream, s: u32) -> TokenStream {
         let f = self.f("srai_epi32");

@@ -677,8 +677,12 @@ fn span_dots(
     r: usize,
     c: usize,
     classes: bool,
+    split: bool,
     far_prefetch: bool,
 ) -> TokenStream {
+    if split {
+        return split_dots(b, ch, r, c, far_prefetch);
+    }
     let vt = b.vec_ty();
     let mut body = TokenStream::new();
     for (ci, chunk) in ch.iter().enumerate() {
@@ -754,6 +758,95 @@ fn span_dots(
     body
 }
 
+/// Base-3 formats on a backend with [`Backend::byte_triple`]: the trit vectors are never
+/// extracted. With `q_n = 3^n b mod 256` (one byte triple per step) the trit is
+/// `t_n = (3 q_n - q_{n+1}) / 256`, so per (row, column) accumulator `_d` takes the dots of
+/// `q_n` and `_e` those of `q_{n+1}` (both with trit `n`'s activations); the tile merges them
+/// as `3 d - e` and divides the horizontal sum by 256 (exact).
+fn trit_split(b: &dyn Backend, spec: &FormatSpec, plan: &Plan) -> bool {
+    let all_trits = plan
+        .main
+        .iter()
+        .chain(plan.tail.iter().flatten())
+        .flat_map(|ch| ch.vecs.iter())
+        .all(|v| matches!(v.op, crate::backend::CodeOp::Trit(_)));
+    all_trits && spec.scale == ScaleRule::BlockF16 && b.byte_triple(quote! { v }).is_some()
+}
+
+fn split_dots(
+    b: &dyn Backend,
+    ch: &[Chunk],
+    r: usize,
+    c: usize,
+    far_prefetch: bool,
+) -> TokenStream {
+    let vt = b.vec_ty();
+    let mut body = TokenStream::new();
+    for chunk in ch {
+        let off = lit(chunk.offset);
+        let w = lit(chunk.width);
+        let trit = |op| match op {
+            crate::backend::CodeOp::Trit(n) => n as usize,
+            _ => unreachable!("trit_split checked the ops"),
+        };
+        let top = chunk.vecs.iter().map(|v| trit(v.op)).max().unwrap_or(0) + 1;
+        let mut st = TokenStream::new();
+        for i in 0..r {
+            let wp = format_ident!("w{}", i);
+            let q0 = format_ident!("q{}_0", i);
+            let load = b.load(chunk.width, quote! { #wp.add(span_off + #off + rep * #w) });
+            st.extend(quote! { let #q0: #vt = #load; });
+            if chunk.offset % 64 == 0 {
+                st.extend(b.prefetch(
+                    quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) },
+                    far_prefetch,
+                ));
+            }
+            for n in 1..=top {
+                let (prev, q) = (
+                    format_ident!("q{}_{}", i, n - 1),
+                    format_ident!("q{}_{}", i, n),
+                );
+                let e = b.byte_triple(quote! { #prev }).expect("byte_triple");
+                st.extend(quote! { let #q: #vt = #e; });
+            }
+        }
+        for j in 0..c {
+            let ap = format_ident!("a{}", j);
+            for (vi, cv) in chunk.vecs.iter().enumerate() {
+                let a = format_ident!("x{}_{}", j, vi);
+                let o = match cv.act {
+                    ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
+                };
+                let load = b.load(chunk.width, quote! { #ap.add(span_elem + #o + rep * #w) });
+                st.extend(quote! { let #a: #vt = #load; });
+            }
+        }
+        for i in 0..r {
+            for j in 0..c {
+                for (suffix, step) in [("d", 0usize), ("e", 1)] {
+                    let acc = format_ident!("acc{}_{}_{}", i, j, suffix);
+                    let pairs: Vec<(Ident, Ident)> = chunk
+                        .vecs
+                        .iter()
+                        .enumerate()
+                        .map(|(vi, cv)| {
+                            (
+                                format_ident!("q{}_{}", i, trit(cv.op) + step),
+                                format_ident!("x{}_{}", j, vi),
+                            )
+                        })
+                        .collect();
+                    st.extend(b.dot(&acc, &pairs));
+                }
+            }
+        }
+        let reps = lit(chunk.repeat);
+        body.extend(quote! { for rep in 0..#reps { #st } });
+    }
+    body
+}
+
 fn gen_tile(
     spec: &FormatSpec,
     b: &dyn Backend,
@@ -780,6 +873,7 @@ fn gen_tile(
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
     let classes = scaled_classes(b, spec, plan, r, c);
+    let split = trit_split(b, spec, plan);
     let far = far_prefetch(spec);
     let accs: Vec<Ident> = (0..r)
         .flat_map(|i| (0..c).map(move |j| (i, j)))
@@ -788,6 +882,10 @@ fn gen_tile(
                 .iter()
                 .map(|&s| acc_ident(i, j, Some(s)))
                 .collect::<Vec<_>>(),
+            None if split => vec![
+                format_ident!("acc{}_{}_d", i, j),
+                format_ident!("acc{}_{}_e", i, j),
+            ],
             None => vec![acc_ident(i, j, None)],
         })
         .collect();
@@ -814,9 +912,21 @@ fn gen_tile(
                 quote! { let #target: #vt = #e; }
             })
             .collect(),
+        // trit split: acc = 3 d - e, whose horizontal sum is 256 times the trit dot
+        None if split => (0..r)
+            .flat_map(|i| (0..c).map(move |j| (i, j)))
+            .map(|(i, j)| {
+                let target = acc_ident(i, j, None);
+                let d = format_ident!("acc{}_{}_d", i, j);
+                let e = format_ident!("acc{}_{}_e", i, j);
+                let three = b.add32(b.add32(quote! { #d }, quote! { #d }), quote! { #d });
+                let m = b.sub32(three, quote! { #e });
+                quote! { let #target: #vt = #m; }
+            })
+            .collect(),
         None => quote! {},
     };
-    let main = span_dots(b, &plan.main, r, c, classes.is_some(), far);
+    let main = span_dots(b, &plan.main, r, c, classes.is_some(), split, far);
     // block-scale formats: per block, fresh integer accumulators, the dots, then a flush
     // into the f32 accumulators (`init`), stored at the end
     let block_loop = |init: TokenStream, flush: TokenStream, stores: TokenStream| {
@@ -858,6 +968,7 @@ fn gen_tile(
                     quote! { #a }
                 });
                 let hs = b.hsum4(accs);
+                let hs = if split { b.quad_srai(hs, 8) } else { hs };
                 let jl = lit(j);
                 let d: [TokenStream; 4] = core::array::from_fn(|i| {
                     let dv = &ds[i];
@@ -899,6 +1010,11 @@ fn gen_tile(
                 let acc = format_ident!("acc{}_{}", i, j);
                 let f = format_ident!("f{}_{}", i, j);
                 let h = b.hsum(quote! { #acc });
+                let h = if split {
+                    quote! { (#h >> 8) }
+                } else {
+                    h
+                };
                 let jl = lit(j);
                 quote! {
                     let s = #h - *acts.bsum.get_unchecked((col + #jl) * nb + blk);
@@ -924,7 +1040,7 @@ fn gen_tile(
     } else {
         let tail = match &plan.tail {
             Some(t) => {
-                let td = span_dots(b, t, r, c, classes.is_some(), far);
+                let td = span_dots(b, t, r, c, classes.is_some(), split, far);
                 quote! {
                     for blk in spans * #sb..nb {
                         let span_off = blk * #bcb;
