@@ -16,6 +16,9 @@ pub enum CodeOp {
     Shift2(u32),
     /// `((v * 3^n) mod 256) * 3 >> 8`: base-3 trit `n` (ggml TQ1_0).
     Trit(u32),
+    /// `(v >> shift[g]) & 3` where `g` is the lane's group of `bytes` lanes: the 2-bit fields of
+    /// one group broadcast to every `bytes`-lane part of the vector (see `Backend::load_bcast`).
+    Spread2 { bytes: usize, shifts: [u32; 4] },
 }
 
 pub trait Backend {
@@ -33,6 +36,12 @@ pub trait Backend {
     fn load(&self, l: usize, ptr: TokenStream) -> TokenStream;
     /// Derive a u8 code vector (lanes 0..=2) from a loaded vector.
     fn code(&self, v: &Ident, op: CodeOp) -> TokenStream;
+    /// `l` bytes at `ptr` repeated to fill a vector (`l` a proper divisor of the width), for
+    /// `CodeOp::Spread2`; `None` where the backend has no such load (the decode rule then
+    /// keeps plain loads).
+    fn load_bcast(&self, _l: usize, _ptr: TokenStream) -> Option<TokenStream> {
+        None
+    }
     /// Statements: `acc += sum over pairs of dot(codes_u8, acts_i8)` in i32 lanes.
     fn dot(&self, acc: &Ident, pairs: &[(Ident, Ident)]) -> TokenStream;
     /// Horizontal i32 sum of an accumulator, as an `i32` expression.
@@ -150,13 +159,17 @@ pub fn backend(isa: Isa) -> Box<dyn Backend> {
 }
 
 /// The backend of the matmul tiles of a format: as [`backend`], except that block-scale
-/// formats whose blocks have at most 32 code bytes (I2S64: 16) use 256-bit vectors on the
-/// AVX-512 ISAs. Their per-block dots and flushes then work on ymm registers (VNNI through
-/// AVX-512 VL) instead of zmm registers that are three quarters zero: cheaper horizontal
-/// sums, the same dot count.
+/// formats whose blocks have at most 32 code bytes use 256-bit vectors on the AVX-512 ISAs
+/// (their per-block dots and flushes then work on ymm registers, VNNI through AVX-512 VL,
+/// instead of zmm registers that are three quarters zero) unless a block is one 16-byte
+/// group, which the decode rule spreads over a whole zmm by broadcast (I2S64: one `vpdpbusd`
+/// per block and row instead of four on ymm; L2-resident GEMV 9.0 -> 11.1 GB/s).
 pub fn matmul_backend(isa: Isa, spec: &crate::table::FormatSpec) -> Box<dyn Backend> {
+    // a block that is one 2-bit group of 16 bytes fills a zmm by broadcast (`Spread2`)
+    let spread = matches!(spec.codes, crate::table::CodeRule::Packed2 { group_bytes, .. }
+        if group_bytes == 16 && spec.block_code_bytes == 16);
     let short_blocks =
-        spec.scale == crate::table::ScaleRule::BlockF16 && spec.block_code_bytes <= 32;
+        spec.scale == crate::table::ScaleRule::BlockF16 && spec.block_code_bytes <= 32 && !spread;
     match isa {
         Isa::Avx512 | Isa::Avx512Vnni if short_blocks => Box::new(X86 { isa, w: 32 }),
         _ => backend(isa),
@@ -205,6 +218,7 @@ impl Backend for Scalar {
                 let s = proc_macro2::Literal::u32_unsuffixed(s);
                 quote! { ((#v >> #s) & 3) }
             }
+            CodeOp::Spread2 { .. } => unreachable!("scalar vectors are one byte"),
             CodeOp::Trit(n) => {
                 let p = proc_macro2::Literal::i32_unsuffixed(3i32.pow(n));
                 quote! { ((((#v * #p) & 0xff) * 3) >> 8) }
@@ -317,6 +331,21 @@ impl Backend for X86 {
             _ => panic!("x86 backend: no {l}-byte load at width {}", self.w),
         }
     }
+    fn load_bcast(&self, l: usize, ptr: TokenStream) -> Option<TokenStream> {
+        let p = quote! { (#ptr as *const u8) };
+        match (l, self.wide()) {
+            (16, true) => {
+                Some(quote! { _mm512_broadcast_i32x4(_mm_loadu_si128(#p as *const __m128i)) })
+            }
+            (32, true) => {
+                Some(quote! { _mm512_broadcast_i64x4(_mm256_loadu_si256(#p as *const __m256i)) })
+            }
+            (16, false) => {
+                Some(quote! { _mm256_broadcastsi128_si256(_mm_loadu_si128(#p as *const __m128i)) })
+            }
+            _ => None,
+        }
+    }
     fn code(&self, v: &Ident, op: CodeOp) -> TokenStream {
         let and = self.f("and_si512");
         let and = if self.wide() {
@@ -331,6 +360,20 @@ impl Backend for X86 {
             CodeOp::Shift2(s) => {
                 let s = proc_macro2::Literal::i32_unsuffixed(s as i32);
                 quote! { #and(#srli16::<#s>(#v), #set1_8(3)) }
+            }
+            CodeOp::Spread2 { bytes, shifts } => {
+                // one variable dword shift: a right shift by s <= 6 leaves every byte's own
+                // bits s, s+1 at bits 0, 1 (nothing from the next byte survives the mask)
+                let lanes = self.w / 4;
+                let counts: Vec<proc_macro2::Literal> = (0..lanes)
+                    .rev()
+                    .map(|d| proc_macro2::Literal::i32_unsuffixed(shifts[d * 4 / bytes] as i32))
+                    .collect();
+                if self.wide() {
+                    quote! { _mm512_and_si512(_mm512_srlv_epi32(#v, _mm512_set_epi32(#(#counts),*)), _mm512_set1_epi8(3)) }
+                } else {
+                    quote! { _mm256_and_si256(_mm256_srlv_epi32(#v, _mm256_set_epi32(#(#counts),*)), _mm256_set1_epi8(3)) }
+                }
             }
             CodeOp::Trit(n) => {
                 // Byte ops only: q = b * 3^n mod 256 by repeated tripling (q + q + q; LLVM

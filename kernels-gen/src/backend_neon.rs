@@ -93,6 +93,7 @@ impl Backend for Neon {
                 let s = Literal::i32_unsuffixed(s as i32);
                 quote! { vandq_u8(vshrq_n_u8::<#s>(#v), vdupq_n_u8(3)) }
             }
+            CodeOp::Spread2 { .. } => unreachable!("neon: 16-byte vectors never spread a group"),
             CodeOp::Trit(n) => {
                 let p = 3u32.pow(n);
                 assert!(p < 256, "neon backend: trit {n} out of range");

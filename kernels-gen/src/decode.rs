@@ -33,7 +33,11 @@ pub struct CodeVec {
 #[derive(Clone, Debug)]
 pub struct Chunk {
     pub offset: usize,
+    /// Lanes of the loaded vector (and activation bytes per code vector).
     pub width: usize,
+    /// Weight bytes read per load: `width`, or fewer for a broadcast load (`CodeOp::Spread2`)
+    /// that repeats them across the vector.
+    pub bytes: usize,
     pub repeat: usize,
     pub vecs: Vec<CodeVec>,
 }
@@ -60,6 +64,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
             out.push(Chunk {
                 offset: g * gb,
                 width: w,
+                bytes: w,
                 repeat: gb / w,
                 vecs: (0..4)
                     .map(|j| CodeVec {
@@ -70,6 +75,34 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
                     .collect(),
             });
         }
+    } else if span == gb
+        && w.is_multiple_of(gb)
+        && matches!((gb, w), (16, 32) | (16, 64) | (32, 64))
+    {
+        // the span is one group smaller than a vector (x86 widths; I2S64 blocks): the group
+        // broadcast to all `w / gb` parts, part `p` of code vector `v` shifted to field
+        // `v * w / gb + p`, so every code vector is `w` consecutive elements (natural order,
+        // full vectors) instead of `gb`-lane vectors of a plain load
+        let parts = w / gb;
+        out.push(Chunk {
+            offset: 0,
+            width: w,
+            bytes: gb,
+            repeat: 1,
+            vecs: (0..4 / parts)
+                .map(|v| {
+                    let mut shifts = [0u32; 4];
+                    for (p, s) in shifts.iter_mut().enumerate().take(parts) {
+                        *s = shift(v * parts + p);
+                    }
+                    CodeVec {
+                        op: CodeOp::Spread2 { bytes: gb, shifts },
+                        act: ActPos::Natural(v * w),
+                        lane_elem: (0..w).map(|i| Some(v * w + i)).collect(),
+                    }
+                })
+                .collect(),
+        });
     } else {
         // one load spans several groups; activations are permuted by `prepare`
         let l = w.min(span);
@@ -78,6 +111,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
             out.push(Chunk {
                 offset: base,
                 width: l,
+                bytes: l,
                 repeat: 1,
                 vecs: (0..4)
                     .map(|j| CodeVec {
@@ -120,6 +154,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
         out.push(Chunk {
             offset: 0,
             width: 52,
+            bytes: 52,
             repeat: 1,
             vecs: (0..5)
                 .map(|n| CodeVec {
@@ -136,6 +171,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
         out.push(Chunk {
             offset,
             width,
+            bytes: width,
             repeat: bytes / width,
             vecs: (0..trits)
                 .map(|n| CodeVec {
@@ -153,6 +189,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
         out.push(Chunk {
             offset: 32,
             width: 20,
+            bytes: 20,
             repeat: 1,
             vecs: (0..5)
                 .map(|n| CodeVec {

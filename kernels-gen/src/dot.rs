@@ -104,6 +104,23 @@ fn lit(v: usize) -> Literal {
     Literal::usize_unsuffixed(v)
 }
 
+/// The weight load of a chunk: `bytes` bytes at `ptr`, broadcast to the vector when the chunk
+/// spreads one group (`CodeOp::Spread2`).
+fn load_weights(b: &dyn Backend, ch: &Chunk, ptr: TokenStream) -> TokenStream {
+    if ch.bytes == ch.width {
+        b.load(ch.width, ptr)
+    } else {
+        b.load_bcast(ch.bytes, ptr).unwrap_or_else(|| {
+            panic!(
+                "{}: no {}-byte broadcast load for a {}-lane chunk",
+                b.isa().name(),
+                ch.bytes,
+                ch.width
+            )
+        })
+    }
+}
+
 pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     let spec = row.format;
     let b = backend(row.isa);
@@ -511,7 +528,8 @@ fn gen_dequantize(
                     && v.lane_elem[l].is_some()
                     && (0..step).all(|t| v.lane_elem[l + t] == v.lane_elem[l].map(|e| e + t))
             };
-            let load = b.load(c.width, quote! { p.add(#off + rep * #w) });
+            let wb = lit(c.bytes);
+            let load = load_weights(b, c, quote! { p.add(#off + rep * #wb) });
             let mut inner = quote! { let v: #vt = #load; };
             let sc = Scalar;
             for (vi, v) in c.vecs.iter().enumerate() {
@@ -688,16 +706,17 @@ fn span_dots(
     for (ci, chunk) in ch.iter().enumerate() {
         let off = lit(chunk.offset);
         let w = lit(chunk.width);
+        let wb = lit(chunk.bytes);
         let mut st = TokenStream::new();
         for i in 0..r {
             let v = format_ident!("v{}", i);
             let wp = format_ident!("w{}", i);
-            let load = b.load(chunk.width, quote! { #wp.add(span_off + #off + rep * #w) });
+            let load = load_weights(b, chunk, quote! { #wp.add(span_off + #off + rep * #wb) });
             st.extend(quote! { let #v: #vt = #load; });
             if chunk.offset % 64 == 0 {
                 // stream the weights: touch the same position `pf` bytes ahead (a later tile)
                 st.extend(b.prefetch(
-                    quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) },
+                    quote! { #wp.wrapping_add(span_off + #off + rep * #wb + pf) },
                     far_prefetch,
                 ));
             }
@@ -785,6 +804,7 @@ fn split_dots(
     for chunk in ch {
         let off = lit(chunk.offset);
         let w = lit(chunk.width);
+        let wb = lit(chunk.bytes);
         let trit = |op| match op {
             crate::backend::CodeOp::Trit(n) => n as usize,
             _ => unreachable!("trit_split checked the ops"),
@@ -794,11 +814,11 @@ fn split_dots(
         for i in 0..r {
             let wp = format_ident!("w{}", i);
             let q0 = format_ident!("q{}_0", i);
-            let load = b.load(chunk.width, quote! { #wp.add(span_off + #off + rep * #w) });
+            let load = load_weights(b, chunk, quote! { #wp.add(span_off + #off + rep * #wb) });
             st.extend(quote! { let #q0: #vt = #load; });
             if chunk.offset % 64 == 0 {
                 st.extend(b.prefetch(
-                    quote! { #wp.wrapping_add(span_off + #off + rep * #w + pf) },
+                    quote! { #wp.wrapping_add(span_off + #off + rep * #wb + pf) },
                     far_prefetch,
                 ));
             }
@@ -1201,7 +1221,8 @@ fn span_codes(b: &dyn Backend, ch: &[Chunk]) -> Result<TokenStream, String> {
     for chunk in ch {
         let off = lit(chunk.offset);
         let w = lit(chunk.width);
-        let load = b.load(chunk.width, quote! { w0.add(span_off + #off + rep * #w) });
+        let wb = lit(chunk.bytes);
+        let load = load_weights(b, chunk, quote! { w0.add(span_off + #off + rep * #wb) });
         let mut st = quote! { let v: #vt = #load; };
         for cv in &chunk.vecs {
             let o = match cv.act {
