@@ -115,6 +115,22 @@ pub trait Backend {
     ) -> TokenStream {
         unreachable!("quad_update without quad_ty")
     }
+    /// Expression: the 4-lane f32 vector of the little-endian f16 values at `ptrs` (lane `i`
+    /// from `ptrs[i]`), converted as `load_f16` converts each; `None`: the flush builds it
+    /// from four `load_f16` (with `quad_update`).
+    fn quad_load_f16(&self, _ptrs: [TokenStream; 4]) -> Option<TokenStream> {
+        None
+    }
+    /// Statement: as `quad_update` with the scales already in a 4-lane vector `d`.
+    fn quad_update_vec(
+        &self,
+        _f: &Ident,
+        _d: TokenStream,
+        _hs: TokenStream,
+        _bsum: TokenStream,
+    ) -> TokenStream {
+        unreachable!("quad_update_vec without quad_load_f16")
+    }
     /// Statement: store `f[i] / scale` at `out + i` (a `*mut f32` expression).
     fn quad_store(&self, _f: &Ident, _scale: TokenStream, _out: TokenStream) -> TokenStream {
         unreachable!("quad_store without quad_ty")
@@ -569,6 +585,31 @@ impl Backend for X86 {
     }
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
         quote! { _mm_storeu_ps(#out, _mm_div_ps(#f, _mm_set1_ps(#scale))); }
+    }
+    fn quad_load_f16(&self, ptrs: [TokenStream; 4]) -> Option<TokenStream> {
+        // four 16-bit inserts and one vcvtph2ps (the same conversion as `load_f16`, lane-wise)
+        // instead of four scalar conversions and a `setr`
+        let [p0, p1, p2, p3] =
+            ptrs.map(|p| quote! { ((#p) as *const u16).read_unaligned() as i32 });
+        Some(quote! {{
+            let h = _mm_cvtsi32_si128(#p0);
+            let h = _mm_insert_epi16::<1>(h, #p1);
+            let h = _mm_insert_epi16::<2>(h, #p2);
+            let h = _mm_insert_epi16::<3>(h, #p3);
+            _mm_cvtph_ps(h)
+        }})
+    }
+    fn quad_update_vec(
+        &self,
+        f: &Ident,
+        d: TokenStream,
+        hs: TokenStream,
+        bsum: TokenStream,
+    ) -> TokenStream {
+        quote! {{
+            let s = _mm_cvtepi32_ps(_mm_sub_epi32(#hs, _mm_set1_epi32(#bsum)));
+            #f = _mm_add_ps(#f, _mm_mul_ps(#d, s));
+        }}
     }
     fn code_scaled(&self, v: &Ident, shift: u32) -> Option<TokenStream> {
         if self.isa != Isa::Avx512Vnni {

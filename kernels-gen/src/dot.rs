@@ -976,12 +976,22 @@ fn gen_tile(
         let qz = b.quad_zero();
         let flush = (0..groups).map(|g| {
             let ds: Vec<Ident> = (0..4usize).map(|i| format_ident!("d{}", i)).collect();
-            let loads = (0..4).map(|i| {
+            // the four rows' block scales as one vector where the backend loads them so
+            let dvec = b.quad_load_f16(core::array::from_fn(|i| {
                 let wp = format_ident!("w{}", 4 * g + i);
-                let dv = &ds[i];
-                let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
-                quote! { let #dv = #f16; }
-            });
+                quote! { #wp.add(span_off + #bcb) }
+            }));
+            let loads: Vec<TokenStream> = match &dvec {
+                Some(v) => vec![quote! { let dq = #v; }],
+                None => (0..4)
+                    .map(|i| {
+                        let wp = format_ident!("w{}", 4 * g + i);
+                        let dv = &ds[i];
+                        let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
+                        quote! { let #dv = #f16; }
+                    })
+                    .collect(),
+            };
             let per_col = (0..c).map(|j| {
                 let accs: [TokenStream; 4] = core::array::from_fn(|i| {
                     let a = format_ident!("acc{}_{}", 4 * g + i, j);
@@ -994,12 +1004,12 @@ fn gen_tile(
                     let dv = &ds[i];
                     quote! { #dv }
                 });
-                b.quad_update(
-                    &fq(g, j),
-                    d,
-                    hs,
-                    quote! { *acts.bsum.get_unchecked((col + #jl) * nb + blk) },
-                )
+                let bsum = quote! { *acts.bsum.get_unchecked((col + #jl) * nb + blk) };
+                if dvec.is_some() {
+                    b.quad_update_vec(&fq(g, j), quote! { dq }, hs, bsum)
+                } else {
+                    b.quad_update(&fq(g, j), d, hs, bsum)
+                }
             });
             quote! {{
                 #(#loads)*
