@@ -181,6 +181,33 @@ unsafe fn cols_ptrs<const C: usize>(acts: &PreparedActs, col: usize) -> [*const 
     core::array::from_fn(|c| unsafe { acts.q.as_ptr().add((col + c) * acts.stride) as *const i32 })
 }
 
+/// `acc[c][h] += ` the dots of panel vector `h` of slot groups `ts` with activation row `c`'s
+/// four bytes of each group (broadcast to all lanes).
+///
+/// # Safety
+/// As [`tensor_cols`]: the groups exist in the panel and in every row `a[c]` points to.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dots<const H: usize, const C: usize>(
+    panel: *const u8,
+    ts: core::ops::Range<usize>,
+    a: &[*const i32; C],
+    acc: &mut [[__m512i; H]; C],
+) {
+    for t in ts {
+        let mut w = [_mm512_setzero_si512(); H];
+        for (h, v) in w.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(panel.add((t * H + h) * 64) as *const _);
+        }
+        for (c, acc) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_epi32(a[c].add(t).read_unaligned());
+            for h in 0..H {
+                acc[h] = _mm512_dpbusd_epi32(acc[h], w[h], x);
+            }
+        }
+    }
+}
+
 /// `C` activation rows from `col` against the panel (tensor scale `ws`).
 ///
 /// # Safety
@@ -197,18 +224,7 @@ unsafe fn tensor_cols<const H: usize, const C: usize>(
 ) {
     let mut acc = [[_mm512_setzero_si512(); H]; C];
     let a = cols_ptrs::<C>(acts, col);
-    for t in 0..k4 {
-        let mut w = [_mm512_setzero_si512(); H];
-        for (h, v) in w.iter_mut().enumerate() {
-            *v = _mm512_loadu_si512(panel.add((t * H + h) * 64) as *const _);
-        }
-        for (c, acc) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_epi32(a[c].add(t).read_unaligned());
-            for h in 0..H {
-                acc[h] = _mm512_dpbusd_epi32(acc[h], w[h], x);
-            }
-        }
-    }
+    dots::<H, C>(panel, 0..k4, &a, &mut acc);
     let wsv = _mm512_set1_ps(ws);
     for (c, acc) in acc.iter().enumerate() {
         let sum = _mm512_set1_epi32(*acts.sum.get_unchecked(col + c));
@@ -237,18 +253,7 @@ unsafe fn block_cols<const H: usize, const C: usize>(
     let a = cols_ptrs::<C>(acts, col);
     for blk in 0..b.nb {
         let mut acc = [[_mm512_setzero_si512(); H]; C];
-        for t in blk * b.bk4..(blk + 1) * b.bk4 {
-            let mut w = [_mm512_setzero_si512(); H];
-            for (h, v) in w.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(panel.add((t * H + h) * 64) as *const _);
-            }
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(a[c].add(t).read_unaligned());
-                for h in 0..H {
-                    acc[h] = _mm512_dpbusd_epi32(acc[h], w[h], x);
-                }
-            }
-        }
+        dots::<H, C>(panel, blk * b.bk4..(blk + 1) * b.bk4, &a, &mut acc);
         let mut d = [_mm512_setzero_ps(); H];
         for (h, v) in d.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(b.d.add((blk * H + h) * 16));

@@ -689,6 +689,43 @@ fn acc_ident(i: usize, j: usize, class: Option<u32>) -> Ident {
     }
 }
 
+/// Statements: the weight vector of row `i` of a tile for `chunk` bound to `name`, plus the
+/// streaming prefetch of the same position `pf` bytes ahead (a later tile) at line starts.
+fn row_load(b: &dyn Backend, chunk: &Chunk, i: usize, name: &Ident, far: bool) -> TokenStream {
+    let vt = b.vec_ty();
+    let off = lit(chunk.offset);
+    let wb = lit(chunk.bytes);
+    let wp = format_ident!("w{}", i);
+    let load = load_weights(b, chunk, quote! { #wp.add(span_off + #off + rep * #wb) });
+    let mut st = quote! { let #name: #vt = #load; };
+    if chunk.offset.is_multiple_of(64) {
+        st.extend(b.prefetch(
+            quote! { #wp.wrapping_add(span_off + #off + rep * #wb + pf) },
+            far,
+        ));
+    }
+    st
+}
+
+/// Statements: the activation vectors `x{j}_{vi}` of `chunk` for columns `0..c`.
+fn act_loads(b: &dyn Backend, chunk: &Chunk, c: usize) -> TokenStream {
+    let vt = b.vec_ty();
+    let w = lit(chunk.width);
+    let mut st = TokenStream::new();
+    for j in 0..c {
+        let ap = format_ident!("a{}", j);
+        for (vi, cv) in chunk.vecs.iter().enumerate() {
+            let a = format_ident!("x{}_{}", j, vi);
+            let o = match cv.act {
+                ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
+            };
+            let load = b.load(chunk.width, quote! { #ap.add(span_elem + #o + rep * #w) });
+            st.extend(quote! { let #a: #vt = #load; });
+        }
+    }
+    st
+}
+
 fn span_dots(
     b: &dyn Backend,
     ch: &[Chunk],
@@ -703,23 +740,11 @@ fn span_dots(
     }
     let vt = b.vec_ty();
     let mut body = TokenStream::new();
-    for (ci, chunk) in ch.iter().enumerate() {
-        let off = lit(chunk.offset);
-        let w = lit(chunk.width);
-        let wb = lit(chunk.bytes);
+    for chunk in ch {
         let mut st = TokenStream::new();
         for i in 0..r {
             let v = format_ident!("v{}", i);
-            let wp = format_ident!("w{}", i);
-            let load = load_weights(b, chunk, quote! { #wp.add(span_off + #off + rep * #wb) });
-            st.extend(quote! { let #v: #vt = #load; });
-            if chunk.offset % 64 == 0 {
-                // stream the weights: touch the same position `pf` bytes ahead (a later tile)
-                st.extend(b.prefetch(
-                    quote! { #wp.wrapping_add(span_off + #off + rep * #wb + pf) },
-                    far_prefetch,
-                ));
-            }
+            st.extend(row_load(b, chunk, i, &v, far_prefetch));
             for (vi, cv) in chunk.vecs.iter().enumerate() {
                 let code = format_ident!("c{}_{}", i, vi);
                 let expr = match (classes, cv.op) {
@@ -731,17 +756,7 @@ fn span_dots(
                 st.extend(quote! { let #code: #vt = #expr; });
             }
         }
-        for j in 0..c {
-            let ap = format_ident!("a{}", j);
-            for (vi, cv) in chunk.vecs.iter().enumerate() {
-                let a = format_ident!("x{}_{}", j, vi);
-                let o = match cv.act {
-                    ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
-                };
-                let load = b.load(chunk.width, quote! { #ap.add(span_elem + #o + rep * #w) });
-                st.extend(quote! { let #a: #vt = #load; });
-            }
-        }
+        st.extend(act_loads(b, chunk, c));
         for i in 0..r {
             for j in 0..c {
                 if classes {
@@ -771,7 +786,6 @@ fn span_dots(
             }
         }
         let reps = lit(chunk.repeat);
-        let _ = ci;
         body.extend(quote! { for rep in 0..#reps { #st } });
     }
     body
@@ -802,9 +816,6 @@ fn split_dots(
     let vt = b.vec_ty();
     let mut body = TokenStream::new();
     for chunk in ch {
-        let off = lit(chunk.offset);
-        let w = lit(chunk.width);
-        let wb = lit(chunk.bytes);
         let trit = |op| match op {
             crate::backend::CodeOp::Trit(n) => n as usize,
             _ => unreachable!("trit_split checked the ops"),
@@ -812,16 +823,13 @@ fn split_dots(
         let top = chunk.vecs.iter().map(|v| trit(v.op)).max().unwrap_or(0) + 1;
         let mut st = TokenStream::new();
         for i in 0..r {
-            let wp = format_ident!("w{}", i);
-            let q0 = format_ident!("q{}_0", i);
-            let load = load_weights(b, chunk, quote! { #wp.add(span_off + #off + rep * #wb) });
-            st.extend(quote! { let #q0: #vt = #load; });
-            if chunk.offset % 64 == 0 {
-                st.extend(b.prefetch(
-                    quote! { #wp.wrapping_add(span_off + #off + rep * #wb + pf) },
-                    far_prefetch,
-                ));
-            }
+            st.extend(row_load(
+                b,
+                chunk,
+                i,
+                &format_ident!("q{}_0", i),
+                far_prefetch,
+            ));
             for n in 1..=top {
                 let (prev, q) = (
                     format_ident!("q{}_{}", i, n - 1),
@@ -831,17 +839,7 @@ fn split_dots(
                 st.extend(quote! { let #q: #vt = #e; });
             }
         }
-        for j in 0..c {
-            let ap = format_ident!("a{}", j);
-            for (vi, cv) in chunk.vecs.iter().enumerate() {
-                let a = format_ident!("x{}_{}", j, vi);
-                let o = match cv.act {
-                    ActPos::Natural(o) | ActPos::Permuted(o) => lit(o),
-                };
-                let load = b.load(chunk.width, quote! { #ap.add(span_elem + #o + rep * #w) });
-                st.extend(quote! { let #a: #vt = #load; });
-            }
-        }
+        st.extend(act_loads(b, chunk, c));
         for i in 0..r {
             for j in 0..c {
                 for (suffix, step) in [("d", 0usize), ("e", 1)] {
@@ -878,7 +876,6 @@ fn gen_tile(
     let name = format_ident!("tile_{}x{}", r, c);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
-    let sb = lit(plan.span_blocks);
     let vt = b.vec_ty();
     let zero = b.zero();
     let per_block = spec.scale == ScaleRule::BlockF16;
@@ -1068,19 +1065,11 @@ fn gen_tile(
             quote! { #(#stores)* },
         )
     } else {
-        let tail = match &plan.tail {
-            Some(t) => {
-                let td = span_dots(b, t, r, c, classes.is_some(), split, far);
-                quote! {
-                    for blk in spans * #sb..nb {
-                        let span_off = blk * #bcb;
-                        let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
-                        #td
-                    }
-                }
-            }
-            None => quote! {},
-        };
+        let tail = plan
+            .tail
+            .as_ref()
+            .map(|t| span_dots(b, t, r, c, classes.is_some(), split, far));
+        let spans = tensor_spans(spec, plan, main, tail);
         let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
             let acc = format_ident!("acc{}_{}", i, j);
             let h = b.hsum(quote! { #acc });
@@ -1092,13 +1081,7 @@ fn gen_tile(
         });
         quote! {
             #(let mut #accs: #vt = #zero;)*
-            let spans = nb / #sb;
-            for sp in 0..spans {
-                let span_off = sp * #sb * #bcb;
-                let span_elem = sp * MAIN_SLOTS;
-                #main
-            }
-            #tail
+            #spans
             #merge
             #(#stores)*
         }
@@ -1132,23 +1115,6 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     let full = format_ident!("tile_{}x{}", t.rows, t.cols);
     let rowcol = format_ident!("tile_{}x1", t.rows);
     let (tr, tc) = (lit(t.rows), lit(t.cols));
-    let be = lit(spec.block_elems);
-    let (row_bytes, ws) = match spec.scale {
-        ScaleRule::BlockF16 => {
-            let bb = lit(spec.block_bytes());
-            (quote! { nb * #bb }, quote! { 0f32 })
-        }
-        ScaleRule::TensorTail { .. } => {
-            let bcb = lit(spec.block_code_bytes);
-            (
-                quote! { nb * #bcb },
-                quote! {{
-                    let t = w.add(n * row_bytes);
-                    f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)])
-                }},
-            )
-        }
-    };
     // the loads prefetch `pf` bytes ahead, so the first `pf` bytes of the range are fetched
     // up front (tensor-scale layouts: a range starts a new DRAM stream)
     let prologue_pf = if far_prefetch(spec) {
@@ -1169,20 +1135,7 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
         " Matmul with a {}x{} register tile over weight rows `r0..r1` and every activation row.",
         t.rows, t.cols
     );
-    quote! {
-        #[doc = #doc]
-        ///
-        /// # Safety
-        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
-        /// same `k`, `r0 <= r1 <= n`, and `out` is valid for writes at `m * n + row` for every
-        /// activation row `m` and `row` in `r0..r1` (no other thread writes those).
-        #tf
-        pub unsafe fn #name(
-            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
-        ) {
-            let nb = k / #be;
-            let row_bytes = #row_bytes;
-            let ws = #ws;
+    let body = quote! {
             let m = acts.m;
             // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
             let pf = crate::prefetch_distance(row_bytes * #tr, #far);
@@ -1219,6 +1172,81 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
                 }
                 b0 = b1;
             }
+    };
+    matmul_entry(spec, &name, &doc, tf, body)
+}
+
+/// The span loops of a tensor-scale row: `main` for every span of `SPAN_BLOCKS` blocks, then
+/// `tail` for each remaining single block (`span_off`, `span_elem` set for both).
+fn tensor_spans(
+    spec: &FormatSpec,
+    plan: &Plan,
+    main: TokenStream,
+    tail: Option<TokenStream>,
+) -> TokenStream {
+    let (sb, bcb) = (lit(plan.span_blocks), lit(spec.block_code_bytes));
+    let tail = tail.map(|td| {
+        quote! {
+            for blk in spans * #sb..nb {
+                let span_off = blk * #bcb;
+                let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
+                #td
+            }
+        }
+    });
+    quote! {
+        let spans = nb / #sb;
+        for sp in 0..spans {
+            let span_off = sp * #sb * #bcb;
+            let span_elem = sp * MAIN_SLOTS;
+            #main
+        }
+        #tail
+    }
+}
+
+/// A matmul entry point of a block-format row: the signature and safety contract every tile
+/// kind shares, then `nb` (blocks per row), `row_bytes` and the tensor scale `ws` (0 for
+/// block scales), then `body`.
+fn matmul_entry(
+    spec: &FormatSpec,
+    name: &Ident,
+    doc: &str,
+    tf: &TokenStream,
+    body: TokenStream,
+) -> TokenStream {
+    let be = lit(spec.block_elems);
+    let (row_bytes, ws) = match spec.scale {
+        ScaleRule::BlockF16 => {
+            let bb = lit(spec.block_bytes());
+            (quote! { nb * #bb }, quote! { 0f32 })
+        }
+        ScaleRule::TensorTail { .. } => {
+            let bcb = lit(spec.block_code_bytes);
+            (
+                quote! { nb * #bcb },
+                quote! {{
+                    let t = w.add(n * row_bytes);
+                    f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)])
+                }},
+            )
+        }
+    };
+    quote! {
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
+        /// same `k`, `r0 <= r1 <= n`, and `out` is valid for writes at `m * n + row` for every
+        /// activation row `m` and `row` in `r0..r1` (no other thread writes those).
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let nb = k / #be;
+            let row_bytes = #row_bytes;
+            let ws = #ws;
+            #body
         }
     }
 }
@@ -1283,22 +1311,18 @@ fn gen_panel(
     }
     let name = format_ident!("pn{}x{}", t.rows, t.cols);
     let (rl, h, c) = (lit(t.rows), lit(t.rows / 16), lit(t.cols));
-    let be = lit(spec.block_elems);
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
-    let sb = lit(plan.span_blocks);
     let main = span_codes(b, &plan.main)?;
     let floats = if spec.scale == ScaleRule::BlockF16 {
         quote! { nb * #rl }
     } else {
         quote! { 0 }
     };
-    let (row_bytes, ws, decode, blocks) = match spec.scale {
+    let (decode, blocks) = match spec.scale {
         ScaleRule::BlockF16 => {
             let f16 = b.load_f16(quote! { w0.add(span_off + #bcb) });
             (
-                quote! { nb * #bb },
-                quote! { 0f32 },
                 quote! {
                     for blk in 0..nb {
                         let span_off = blk * #bb;
@@ -1314,55 +1338,17 @@ fn gen_panel(
         }
         ScaleRule::TensorTail { .. } => {
             let tail = match &plan.tail {
-                Some(tc) => {
-                    let td = span_codes(b, tc)?;
-                    quote! {
-                        for blk in spans * #sb..nb {
-                            let span_off = blk * #bcb;
-                            let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
-                            #td
-                        }
-                    }
-                }
-                None => quote! {},
+                Some(tc) => Some(span_codes(b, tc)?),
+                None => None,
             };
-            (
-                quote! { nb * #bcb },
-                quote! {{
-                    let t = w.add(n * row_bytes);
-                    f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)])
-                }},
-                quote! {
-                    let spans = nb / #sb;
-                    for sp in 0..spans {
-                        let span_off = sp * #sb * #bcb;
-                        let span_elem = sp * MAIN_SLOTS;
-                        #main
-                    }
-                    #tail
-                },
-                quote! { None },
-            )
+            (tensor_spans(spec, plan, main, tail), quote! { None })
         }
     };
     let doc = format!(
         " Panel matmul: groups of {} weight rows decoded once, every activation row {} at a time.",
         t.rows, t.cols
     );
-    Ok(quote! {
-        #[doc = #doc]
-        ///
-        /// # Safety
-        /// As the register-tile kernels: `w` is a valid `n x k` tensor of this format, `acts`
-        /// was made by [`prepare`] for the same `k`, `r0 <= r1 <= n`, and `out` is valid for
-        /// writes at `m * n + row` for every activation row `m` and `row` in `r0..r1`.
-        #tf
-        pub unsafe fn #name(
-            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
-        ) {
-            let nb = k / #be;
-            let row_bytes = #row_bytes;
-            let ws = #ws;
+    let body = quote! {
             let stride = acts.stride;
             let pitch = crate::panel::pitch(stride);
             // this thread's buffers: the group's codes (row i at i * pitch, slot order), the
@@ -1388,6 +1374,6 @@ fn gen_panel(
                     row += #rl;
                 }
             })
-        }
-    })
+    };
+    Ok(matmul_entry(spec, &name, &doc, tf, body))
 }

@@ -1304,21 +1304,7 @@ fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
          {} activation row(s) per table pass.",
         t.cols
     );
-    quote! {
-        #[doc = #doc]
-        ///
-        /// # Safety
-        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
-        /// same `k`, `r0` is a multiple of `BM`, `r0 <= r1 <= n`, and `out` is valid for writes
-        /// at `m * n + row` for every activation row `m` and `row` in `r0..r1` (no other thread
-        /// writes those).
-        #tf
-        pub unsafe fn #name(
-            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
-        ) {
-            let g = LutGeometry::new(SPEC, n, k);
-            let tp = w.add(g.codes_bytes());
-            let ws = f32::from_le_bytes([*tp, *tp.add(1), *tp.add(2), *tp.add(3)]);
+    let body = quote! {
             let tri_bytes = area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
             let lut = acts.lut.as_ptr();
@@ -1360,6 +1346,29 @@ fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
                 }
                 c0 = c1;
             }
+    };
+    matmul_entry(&name, &doc, tf, body)
+}
+
+/// A matmul entry point of a LUT row: the signature and safety contract every tile kind
+/// shares, the geometry `g` and the tensor scale `ws`, then `body`.
+fn matmul_entry(name: &Ident, doc: &str, tf: &TokenStream, body: TokenStream) -> TokenStream {
+    quote! {
+        #[doc = #doc]
+        ///
+        /// # Safety
+        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
+        /// same `k`, `r0` is a multiple of `BM`, `r0 <= r1 <= n`, and `out` is valid for writes
+        /// at `m * n + row` for every activation row `m` and `row` in `r0..r1` (no other thread
+        /// writes those).
+        #tf
+        pub unsafe fn #name(
+            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
+        ) {
+            let g = LutGeometry::new(SPEC, n, k);
+            let tp = w.add(g.codes_bytes());
+            let ws = f32::from_le_bytes([*tp, *tp.add(1), *tp.add(2), *tp.add(3)]);
+            #body
         }
     }
 }
@@ -1424,6 +1433,7 @@ fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
          panel at a time, every activation row against it {} at a time.",
         t.cols
     );
+    let entry = matmul_entry(&name, &doc, tf, panel_body(tri, c));
     quote! {
         /// Panel dwords of a pair index: codes `w + 1` of the pair in bytes 0-1
         /// (`PANEL_PAIR_HI`: bytes 2-3, the byte's high nibble).
@@ -1446,20 +1456,13 @@ fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
             t
         };
         #tri_table
+        #entry
+    }
+}
 
-        #[doc = #doc]
-        ///
-        /// # Safety
-        /// `w` is a valid `n x k` tensor of this format, `acts` was made by [`prepare`] for the
-        /// same `k`, `r0` is a multiple of `BM`, `r0 <= r1 <= n`, and `out` is valid for writes
-        /// at `m * n + row` for every activation row `m` and `row` in `r0..r1`.
-        #tf
-        pub unsafe fn #name(
-            w: *const u8, n: usize, k: usize, acts: &PreparedActs, r0: usize, r1: usize, out: *mut f32,
-        ) {
-            let g = LutGeometry::new(SPEC, n, k);
-            let tp = w.add(g.codes_bytes());
-            let ws = f32::from_le_bytes([*tp, *tp.add(1), *tp.add(2), *tp.add(3)]);
+/// (The body of [`gen_panel`]'s entry point.)
+fn panel_body(tri: TokenStream, c: Literal) -> TokenStream {
+    quote! {
             // slot groups: one per triple, then one per pair of pairs
             let k4 = g.t + g.pair_elems / 4;
             let nib = _mm512_set1_epi32(15);
@@ -1491,6 +1494,5 @@ fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
                     row += BM;
                 }
             })
-        }
     }
 }
