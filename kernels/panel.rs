@@ -1,9 +1,11 @@
 //! Format-independent half of the panel GEMM kernels (`Tile::panel` rows of the table).
 //!
-//! A generated `pn*` kernel decodes a group of `16 * H` weight rows once into their 2-bit
-//! codes (one byte each, in the prepared activation slot order of that kernel family), and
-//! this module turns them into a panel whose vectors hold four consecutive slots of 16 rows
-//! (`[slot / 4][row][4]`), then runs every activation row against it with `vpdpbusd`: the
+//! A generated `pn*` kernel of a block format decodes a group of `16 * H` weight rows once
+//! into their 2-bit codes (one byte each, in the prepared activation slot order of that
+//! kernel family), and [`transpose`] turns them into a panel whose vectors hold four
+//! consecutive slots of 16 rows (`[slot / 4][row][4]`); the LUT formats' index chunks are
+//! already row-interleaved and their template writes the panel directly. [`run`] then runs
+//! every activation row against the panel with `vpdpbusd`: the
 //! weight vector is the unsigned operand, four activation bytes broadcast to all lanes the
 //! signed one, so each i32 lane accumulates one (weight row, activation row) pair and no
 //! horizontal sum is needed. Decoding is paid once per weight for all activation rows.
