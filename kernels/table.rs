@@ -181,7 +181,8 @@ impl FormatSpec {
 /// computed together. `cols == 1` is a GEMV kernel.
 ///
 /// A register tile (`panel == false`) decodes its rows' codes inside the dot-product loop,
-/// once per column tile. A panel tile (`panel == true`, block formats on AVX-512 VNNI)
+/// once per column tile. A panel tile (`panel == true`: every format on AVX-512 VNNI, the
+/// block formats on AVX2)
 /// decodes a group of `rows` weight rows once into a code panel in cache and runs every
 /// activation row against it, `cols` at a time, with one `vpdpbusd` lane per (weight row,
 /// token): decoding is paid once for the whole batch (prefill, GEMM).
@@ -357,6 +358,14 @@ const PANEL: Tile = Tile::panel(32, 8);
 const PANEL_I2S: Tile = Tile::panel(32, 8).from_batch(32);
 const PANEL_QK256: Tile = Tile::panel(32, 8).from_batch(16);
 const PANEL_LUT: Tile = Tile::panel(32, 8);
+/// AVX2 panels (16 ymm): 16 rows x 4 columns, i16 accumulation between widenings; m = 128
+/// on 2560x6912: I2S 100 vs 80 GMAC/s (mm4x4), QK256 94 vs 71, TQ1_0 66 vs 23, I2S64 56 vs
+/// 39 (16x4 vs 8x8 / 16x6 within noise, 16x4 best or equal for three of four formats).
+/// Crossover against mm4x4 at 2560x2560: ~32 rows for I2S and QK256, ~8 for TQ1_0, ~12-16
+/// for I2S64.
+const PANEL_AVX2_FAST_DECODE: Tile = Tile::panel(16, 4).from_batch(32);
+const PANEL_AVX2_TQ1: Tile = Tile::panel(16, 4).from_batch(8);
+const PANEL_AVX2_I2S64: Tile = Tile::panel(16, 4).from_batch(16);
 
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
 /// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
@@ -371,21 +380,21 @@ const PANEL_LUT: Tile = Tile::panel(32, 8);
 pub const TABLE: &[Row] = &[
     // I2S
     Row { format: &I2S, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
-    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, PANEL_AVX2_FAST_DECODE, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &I2S, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV2, GEMV1, PANEL_I2S, GEMM4X4, GEMM2X8] },
     Row { format: &I2S, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &I2S, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // QK256 = TQ2_0
     Row { format: &QK256, isa: Isa::Scalar, tiles: &[GEMV1, GEMV4, GEMM4X4] },
-    Row { format: &QK256, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &QK256, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, PANEL_AVX2_FAST_DECODE, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL_QK256, GEMM4X4] },
     Row { format: &QK256, isa: Isa::Neon, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     Row { format: &QK256, isa: Isa::NeonDot, tiles: &[GEMV1, GEMV4, GEMM4X4] },
     // TQ1_0
     Row { format: &TQ1_0, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &TQ1_0, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &TQ1_0, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, PANEL_AVX2_TQ1, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Avx512, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL, GEMM4X4] },
     Row { format: &TQ1_0, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
@@ -404,7 +413,7 @@ pub const TABLE: &[Row] = &[
     Row { format: &TL2, isa: Isa::Neon, tiles: &[LUT1, LUT4] },
     // I2S64: added as rows only (see its FormatSpec)
     Row { format: &I2S64, isa: Isa::Scalar, tiles: &[GEMV4, GEMV1, GEMM4X4] },
-    Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, GEMM4X4] },
+    Row { format: &I2S64, isa: Isa::Avx2, tiles: &[GEMV4, GEMV1, PANEL_AVX2_I2S64, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Avx512Vnni, tiles: &[GEMV4, GEMV1, PANEL, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::Neon, tiles: &[GEMV4, GEMV1, GEMM4X4] },
     Row { format: &I2S64, isa: Isa::NeonDot, tiles: &[GEMV4, GEMV1, GEMM4X4] },

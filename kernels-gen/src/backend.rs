@@ -508,10 +508,24 @@ impl Backend for X86 {
         }
     }
     fn store_codes(&self, l: usize, ptr: TokenStream, v: &Ident) -> Option<TokenStream> {
+        let p = quote! { (#ptr as *mut u8) };
+        if self.isa == Isa::Avx2 {
+            // no byte-masked stores: whole 128-bit parts, then one dword
+            return match l {
+                32 => Some(quote! { _mm256_storeu_si256(#p as *mut __m256i, #v); }),
+                16 => Some(
+                    quote! { _mm_storeu_si128(#p as *mut __m128i, _mm256_castsi256_si128(#v)); },
+                ),
+                20 => Some(quote! {
+                    _mm_storeu_si128(#p as *mut __m128i, _mm256_castsi256_si128(#v));
+                    ((#p).add(16) as *mut i32).write_unaligned(_mm256_extract_epi32::<4>(#v));
+                }),
+                _ => None,
+            };
+        }
         if self.isa != Isa::Avx512Vnni || l > self.w {
             return None;
         }
-        let p = quote! { (#ptr as *mut u8) };
         Some(match (l == self.w, self.wide()) {
             (true, true) => quote! { _mm512_storeu_si512(#p as *mut _, #v); },
             (true, false) => quote! { _mm256_storeu_si256(#p as *mut __m256i, #v); },

@@ -1310,7 +1310,13 @@ fn gen_panel(
         ));
     }
     let name = format_ident!("pn{}x{}", t.rows, t.cols);
-    let (rl, h, c) = (lit(t.rows), lit(t.rows / 16), lit(t.cols));
+    // the ISA's half of `crate::panel`: rows per vector, transpose and dot loops
+    let (lanes, transpose, run) = match b.isa() {
+        crate::table::Isa::Avx512Vnni => (16, quote! { transpose }, quote! { run }),
+        crate::table::Isa::Avx2 => (8, quote! { transpose_avx2 }, quote! { run_avx2 }),
+        other => return Err(format!("{}: no panel tiles on {}", spec.name, other.name())),
+    };
+    let (rl, h, c) = (lit(t.rows), lit(t.rows / lanes), lit(t.cols));
     let bcb = lit(spec.block_code_bytes);
     let bb = lit(spec.block_bytes());
     let main = span_codes(b, &plan.main)?;
@@ -1366,8 +1372,8 @@ fn gen_panel(
                         let dst = scratch.as_mut_ptr().add(i * pitch);
                         #decode
                     }
-                    crate::panel::transpose::<#h>(scratch.as_ptr(), pitch, panel.as_mut_ptr());
-                    crate::panel::run::<#h, #c>(
+                    crate::panel::#transpose::<#h>(scratch.as_ptr(), pitch, panel.as_mut_ptr());
+                    crate::panel::#run::<#h, #c>(
                         panel.as_ptr(), stride / 4, #blocks, ws, acts,
                         crate::panel::Dest { out, n, row, rows },
                     );

@@ -110,9 +110,16 @@ pub fn validate(table: &[Row]) -> Result<(), String> {
             if t.panel {
                 // panel tiles: 16 weight rows per zmm, `rows / 16 * cols` i32 accumulators
                 // (plus as many f32 ones for block scales) and the weight vectors in 32 zmm
-                if row.isa != Isa::Avx512Vnni {
-                    return Err(format!("{here}: panel tiles exist on avx512vnni only"));
-                }
+                // zmm (16 rows per vector, 32 registers) or ymm (8 rows, 16 registers)
+                let (lanes, regs) = match row.isa {
+                    Isa::Avx512Vnni => (16, 30),
+                    Isa::Avx2 if !f.is_lut() => (8, 14),
+                    _ => {
+                        return Err(format!(
+                            "{here}: panel tiles exist on avx512vnni (every format) and avx2 (block formats) only"
+                        ))
+                    }
+                };
                 if f.is_lut() && t.rows != f.tile_rows() {
                     return Err(format!(
                         "{here}: a LUT panel tile covers one layout tile ({} rows), got {}",
@@ -120,13 +127,13 @@ pub fn validate(table: &[Row]) -> Result<(), String> {
                         t.rows
                     ));
                 }
-                if !t.rows.is_multiple_of(16)
-                    || t.rows > 64
+                if !t.rows.is_multiple_of(lanes)
+                    || t.rows > 4 * lanes
                     || t.cols > 16
-                    || (t.rows / 16) * (t.cols + 1) > 30
+                    || (t.rows / lanes) * (t.cols + 1) > regs
                 {
                     return Err(format!(
-                        "{here}: panel tile {}x{} must have 16, 32, 48 or 64 rows and fit 30 zmm registers (rows / 16 * (cols + 1))",
+                        "{here}: panel tile {}x{} must have 1-4 vectors of {lanes} rows and fit {regs} registers (rows / {lanes} * (cols + 1))",
                         t.rows, t.cols
                     ));
                 }
