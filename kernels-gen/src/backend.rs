@@ -104,32 +104,22 @@ pub trait Backend {
     fn hsum4(&self, _accs: [TokenStream; 4]) -> TokenStream {
         unreachable!("hsum4 without quad_ty")
     }
-    /// Statement: lane-wise `f[i] += d[i] * ((hs[i] - bsum) as f32)` with the product and the
-    /// sum rounded separately, exactly like the scalar `f += d * s as f32` of each row.
+    /// Expression: the 4-lane f32 vector of the little-endian f16 block scales at `ptrs`
+    /// (lane `i` from `ptrs[i]`), each converted exactly as `load_f16` converts it.
+    fn quad_load_f16(&self, _ptrs: [TokenStream; 4]) -> TokenStream {
+        unreachable!("quad_load_f16 without quad_ty")
+    }
+    /// Statement: lane-wise `f[i] += d[i] * ((hs[i] - bsum) as f32)` (`d`: a `quad_load_f16`
+    /// vector) with the product and the sum rounded separately, exactly like the scalar
+    /// `f += d * s as f32` of each row.
     fn quad_update(
-        &self,
-        _f: &Ident,
-        _d: [TokenStream; 4],
-        _hs: TokenStream,
-        _bsum: TokenStream,
-    ) -> TokenStream {
-        unreachable!("quad_update without quad_ty")
-    }
-    /// Expression: the 4-lane f32 vector of the little-endian f16 values at `ptrs` (lane `i`
-    /// from `ptrs[i]`), converted as `load_f16` converts each; `None`: the flush builds it
-    /// from four `load_f16` (with `quad_update`).
-    fn quad_load_f16(&self, _ptrs: [TokenStream; 4]) -> Option<TokenStream> {
-        None
-    }
-    /// Statement: as `quad_update` with the scales already in a 4-lane vector `d`.
-    fn quad_update_vec(
         &self,
         _f: &Ident,
         _d: TokenStream,
         _hs: TokenStream,
         _bsum: TokenStream,
     ) -> TokenStream {
-        unreachable!("quad_update_vec without quad_load_f16")
+        unreachable!("quad_update without quad_ty")
     }
     /// Statement: store `f[i] / scale` at `out + i` (a `*mut f32` expression).
     fn quad_store(&self, _f: &Ident, _scale: TokenStream, _out: TokenStream) -> TokenStream {
@@ -583,37 +573,23 @@ impl Backend for X86 {
             #fold
         }}
     }
-    fn quad_update(
-        &self,
-        f: &Ident,
-        d: [TokenStream; 4],
-        hs: TokenStream,
-        bsum: TokenStream,
-    ) -> TokenStream {
-        let [d0, d1, d2, d3] = d;
-        quote! {{
-            let d = _mm_setr_ps(#d0, #d1, #d2, #d3);
-            let s = _mm_cvtepi32_ps(_mm_sub_epi32(#hs, _mm_set1_epi32(#bsum)));
-            #f = _mm_add_ps(#f, _mm_mul_ps(d, s));
-        }}
-    }
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
         quote! { _mm_storeu_ps(#out, _mm_div_ps(#f, _mm_set1_ps(#scale))); }
     }
-    fn quad_load_f16(&self, ptrs: [TokenStream; 4]) -> Option<TokenStream> {
+    fn quad_load_f16(&self, ptrs: [TokenStream; 4]) -> TokenStream {
         // four 16-bit inserts and one vcvtph2ps (the same conversion as `load_f16`, lane-wise)
         // instead of four scalar conversions and a `setr`
         let [p0, p1, p2, p3] =
             ptrs.map(|p| quote! { ((#p) as *const u16).read_unaligned() as i32 });
-        Some(quote! {{
+        quote! {{
             let h = _mm_cvtsi32_si128(#p0);
             let h = _mm_insert_epi16::<1>(h, #p1);
             let h = _mm_insert_epi16::<2>(h, #p2);
             let h = _mm_insert_epi16::<3>(h, #p3);
             _mm_cvtph_ps(h)
-        }})
+        }}
     }
-    fn quad_update_vec(
+    fn quad_update(
         &self,
         f: &Ident,
         d: TokenStream,

@@ -194,19 +194,23 @@ impl Backend for Neon {
             vpaddq_s32(vpaddq_s32(a0, a1), vpaddq_s32(a2, a3))
         }}
     }
+    fn quad_load_f16(&self, ptrs: [TokenStream; 4]) -> TokenStream {
+        let [d0, d1, d2, d3] = ptrs.map(|p| self.load_f16(p));
+        quote! {{
+            let d = [#d0, #d1, #d2, #d3];
+            vld1q_f32(d.as_ptr())
+        }}
+    }
     fn quad_update(
         &self,
         f: &Ident,
-        d: [TokenStream; 4],
+        d: TokenStream,
         hs: TokenStream,
         bsum: TokenStream,
     ) -> TokenStream {
-        let [d0, d1, d2, d3] = d;
         quote! {{
-            let d = [#d0, #d1, #d2, #d3];
-            let d = vld1q_f32(d.as_ptr());
             let s = vcvtq_f32_s32(vsubq_s32(#hs, vdupq_n_s32(#bsum)));
-            #f = vaddq_f32(#f, vmulq_f32(d, s));
+            #f = vaddq_f32(#f, vmulq_f32(#d, s));
         }}
     }
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {

@@ -172,7 +172,15 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     }
     for t in row.tiles {
         if t.panel {
-            tiles.extend(gen_panel(spec, &*b, &plan, *t, &tf)?);
+            let tail = plan.tail.as_ref().map(|_| tail_map.len());
+            tiles.extend(gen_panel(
+                spec,
+                &*b,
+                &plan,
+                (main_map.len(), tail),
+                *t,
+                &tf,
+            )?);
         } else {
             tiles.extend(gen_matmul(spec, &*b, *t, &tf));
         }
@@ -972,23 +980,12 @@ fn gen_tile(
             .collect();
         let qz = b.quad_zero();
         let flush = (0..groups).map(|g| {
-            let ds: Vec<Ident> = (0..4usize).map(|i| format_ident!("d{}", i)).collect();
-            // the four rows' block scales as one vector where the backend loads them so
-            let dvec = b.quad_load_f16(core::array::from_fn(|i| {
+            // the four rows' block scales as one vector, once for all columns
+            let dq = b.quad_load_f16(core::array::from_fn(|i| {
                 let wp = format_ident!("w{}", 4 * g + i);
                 quote! { #wp.add(span_off + #bcb) }
             }));
-            let loads: Vec<TokenStream> = match &dvec {
-                Some(v) => vec![quote! { let dq = #v; }],
-                None => (0..4)
-                    .map(|i| {
-                        let wp = format_ident!("w{}", 4 * g + i);
-                        let dv = &ds[i];
-                        let f16 = b.load_f16(quote! { #wp.add(span_off + #bcb) });
-                        quote! { let #dv = #f16; }
-                    })
-                    .collect(),
-            };
+            let loads = quote! { let dq = #dq; };
             let per_col = (0..c).map(|j| {
                 let accs: [TokenStream; 4] = core::array::from_fn(|i| {
                     let a = format_ident!("acc{}_{}", 4 * g + i, j);
@@ -997,19 +994,11 @@ fn gen_tile(
                 let hs = b.hsum4(accs);
                 let hs = if split { b.quad_srai(hs, 8) } else { hs };
                 let jl = lit(j);
-                let d: [TokenStream; 4] = core::array::from_fn(|i| {
-                    let dv = &ds[i];
-                    quote! { #dv }
-                });
                 let bsum = quote! { *acts.bsum.get_unchecked((col + #jl) * nb + blk) };
-                if dvec.is_some() {
-                    b.quad_update_vec(&fq(g, j), quote! { dq }, hs, bsum)
-                } else {
-                    b.quad_update(&fq(g, j), d, hs, bsum)
-                }
+                b.quad_update(&fq(g, j), quote! { dq }, hs, bsum)
             });
             quote! {{
-                #(#loads)*
+                #loads
                 #(#per_col)*
             }}
         });
@@ -1289,23 +1278,14 @@ fn gen_panel(
     spec: &FormatSpec,
     b: &dyn Backend,
     plan: &Plan,
+    (main_slots, tail_slots): (usize, Option<usize>),
     t: Tile,
     tf: &TokenStream,
 ) -> Result<TokenStream, String> {
-    let main_slots: usize = plan
-        .main
-        .iter()
-        .map(|c| c.repeat * c.width * c.vecs.len())
-        .sum();
-    let tail_slots: usize = plan
-        .tail
-        .iter()
-        .flatten()
-        .map(|c| c.repeat * c.width * c.vecs.len())
-        .sum();
-    if !main_slots.is_multiple_of(4) || !tail_slots.is_multiple_of(4) {
+    // `MAIN_SLOTS` / `TAIL_SLOTS` of the row (its slot maps), whole 4-slot groups
+    if !main_slots.is_multiple_of(4) || !tail_slots.unwrap_or(0).is_multiple_of(4) {
         return Err(format!(
-            "{}: panel tiles need spans of whole 4-slot groups ({main_slots} / {tail_slots} slots)",
+            "{}: panel tiles need spans of whole 4-slot groups ({main_slots} / {tail_slots:?} slots)",
             spec.name
         ));
     }
