@@ -89,6 +89,13 @@ pub trait Backend {
     fn store_f16(&self, v: TokenStream) -> TokenStream {
         quote! { half::f16::from_f32(#v).to_bits() }
     }
+    /// Expression: `crate::absmax` of the `elems` f32 values at `ptr` (a `*const f32`): the
+    /// largest `|x|`, NaN ignored, 0 for none. The maximum of a set of non-NaN values does
+    /// not depend on the order it is folded in, so a vector ISA may reduce in any order as
+    /// long as no NaN survives its first step.
+    fn block_absmax(&self, ptr: TokenStream, elems: usize) -> TokenStream {
+        quote! { crate::absmax(core::slice::from_raw_parts(#ptr, #elems)) }
+    }
     /// Four-row block flush (block-scale formats), when the ISA has 4-lane f32 vectors:
     /// `Some(ty)` is the type of a 4-lane f32 accumulator. With it, `hsum4`, `quad_zero`,
     /// `quad_update` and `quad_store` must be implemented.
@@ -534,6 +541,66 @@ impl Backend for X86 {
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // F16C (part of every target feature list of the x86 ISAs): one vcvtph2ps
         quote! { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((#ptr as *const u16).read_unaligned() as i32))) }
+    }
+    fn block_absmax(&self, ptr: TokenStream, elems: usize) -> TokenStream {
+        // four accumulators of `max(|x|, acc)`: vmaxps returns its second operand when
+        // either is NaN, so a NaN never enters an accumulator (they start at +0); then the
+        // accumulators and the lanes are folded (no NaN left, any order is exact). The
+        // generic 64-lane fold compiles to ~75 extracts and maxes per call, which dominated
+        // the 64-element blocks of I2S64.
+        let (ty, lanes, zero, max, load, and, cast, mask, reduce) = if self.wide() {
+            (
+                quote! { __m512 },
+                16usize,
+                quote! { _mm512_setzero_ps() },
+                quote! { _mm512_max_ps },
+                quote! { _mm512_loadu_ps },
+                quote! { _mm512_and_si512 },
+                (
+                    quote! { _mm512_castps_si512 },
+                    quote! { _mm512_castsi512_ps },
+                ),
+                quote! { _mm512_set1_epi32(0x7fff_ffff) },
+                quote! { _mm512_reduce_max_ps(a) },
+            )
+        } else {
+            (
+                quote! { __m256 },
+                8usize,
+                quote! { _mm256_setzero_ps() },
+                quote! { _mm256_max_ps },
+                quote! { _mm256_loadu_ps },
+                quote! { _mm256_and_si256 },
+                (
+                    quote! { _mm256_castps_si256 },
+                    quote! { _mm256_castsi256_ps },
+                ),
+                quote! { _mm256_set1_epi32(0x7fff_ffff) },
+                quote! {{
+                    let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+                    let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                    _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+                }},
+            )
+        };
+        if !elems.is_multiple_of(4 * lanes) {
+            return quote! { crate::absmax(core::slice::from_raw_parts(#ptr, #elems)) };
+        }
+        let (to_i, to_f) = cast;
+        let steps = elems / (4 * lanes);
+        quote! {{
+            let p: *const f32 = #ptr;
+            let m = #mask;
+            let mut acc: [#ty; 4] = [#zero; 4];
+            for s in 0..#steps {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let x = #to_f(#and(#to_i(#load(p.add((4 * s + j) * #lanes))), m));
+                    *a = #max(x, *a);
+                }
+            }
+            let a = #max(#max(acc[0], acc[1]), #max(acc[2], acc[3]));
+            #reduce
+        }}
     }
     fn store_f16(&self, v: TokenStream) -> TokenStream {
         // one vcvtps2ph, round to nearest even (the `half` crate checks for F16C at run time

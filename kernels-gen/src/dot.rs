@@ -362,6 +362,8 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
         // max|x| in f32 is exact (and ignores NaN like the f64 fold upstream)
         let tmax = tmax_acc as f64;
     };
+    let bmax_x = b.block_absmax(quote! { x }, spec.block_elems);
+    let bmax_src = b.block_absmax(quote! { src.add(blk * #be) }, spec.block_elems);
     let block_scale = match spec.quantizer {
         Quantizer::RoundAbsMax => quote! {
             let amax = amaxs[blk - blk0];
@@ -370,7 +372,7 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
         // the codes do not depend on the tensor scale: its max is folded in block by block
         // (one pass over the input)
         Quantizer::SignMax => quote! {
-            let bmax = crate::absmax(core::slice::from_raw_parts(x, #be));
+            let bmax = #bmax_x;
             if bmax > tmax_acc { tmax_acc = bmax; }
             let id = 0f32;
         },
@@ -476,7 +478,7 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
                     let blk1 = (blk0 + #g).min(nblocks);
                     let mut amaxs = [0f32; #g];
                     for blk in blk0..blk1 {
-                        amaxs[blk - blk0] = crate::absmax(core::slice::from_raw_parts(src.add(blk * #be), #be));
+                        amaxs[blk - blk0] = #bmax_src;
                     }
                     for blk in blk0..blk1 {
                         #block
