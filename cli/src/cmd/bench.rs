@@ -534,35 +534,53 @@ fn llc_bytes() -> usize {
     best
 }
 
-/// Sum a slice of u64 with 8 independent lanes (vectorizes; the loads dominate), touching
-/// the line `pf` bytes ahead with a software prefetch (`pf == 0`: hardware prefetch only)
-/// into L1, or into L2 when `l2` (the hint the tensor-scale GEMV kernels use).
-fn read_sum(s: &[u64], (pf, l2): (usize, bool)) -> u64 {
-    let mut acc = [0u64; 8];
-    let chunks = s.chunks_exact(8);
-    let rest = chunks.remainder();
+/// How the reference reads a buffer: `streams` equal parts read interleaved, a line of
+/// each per step (the LM head and the LUT tiles read several rows at once, and several
+/// streams read faster than one on some machines), touching the line `pf` bytes ahead in
+/// each with a software prefetch (`pf == 0`: hardware prefetch only) into L1, or into L2
+/// when `l2` (the hint the tensor-scale GEMV kernels use).
+#[derive(Clone, Copy)]
+struct Reader {
+    streams: usize,
+    pf: usize,
+    l2: bool,
+}
+
+/// Sum a slice of u64 with 8 independent lanes per stream (vectorizes; the loads dominate).
+fn read_sum(s: &[u64], r: Reader) -> u64 {
+    let part = s.len() / r.streams / 8 * 8;
+    let mut acc = [[0u64; 8]; 4];
+    assert!(r.streams <= acc.len());
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (pf, l2); // hardware prefetch only
-    for c in chunks {
-        #[cfg(target_arch = "x86_64")]
-        if pf != 0 {
-            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults, whatever
-            // the address (wrapping_add: no pointer arithmetic past the allocation is used).
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-                let p = (c.as_ptr() as *const i8).wrapping_add(pf);
-                if l2 {
-                    _mm_prefetch::<_MM_HINT_T1>(p);
-                } else {
-                    _mm_prefetch::<_MM_HINT_T0>(p);
+    let _ = (r.pf, r.l2); // hardware prefetch only
+    for i in (0..part).step_by(8) {
+        for (j, acc) in acc.iter_mut().enumerate().take(r.streams) {
+            let c = &s[j * part + i..j * part + i + 8];
+            #[cfg(target_arch = "x86_64")]
+            if r.pf != 0 {
+                // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults,
+                // whatever the address (wrapping_add: no pointer arithmetic past the
+                // allocation is used).
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+                    let p = (c.as_ptr() as *const i8).wrapping_add(r.pf);
+                    if r.l2 {
+                        _mm_prefetch::<_MM_HINT_T1>(p);
+                    } else {
+                        _mm_prefetch::<_MM_HINT_T0>(p);
+                    }
                 }
             }
-        }
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(v);
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a = a.wrapping_add(v);
+            }
         }
     }
-    acc.iter().chain(rest).fold(0u64, |a, &v| a.wrapping_add(v))
+    let rest = &s[r.streams * part..];
+    acc.iter()
+        .flatten()
+        .chain(rest)
+        .fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
 /// The DRAM read reference of both benches (GB/s: one thread, all threads): a buffer of
@@ -576,27 +594,36 @@ pub(super) fn dram_reference(one: &rayon::ThreadPool, quick: bool) -> (f64, f64)
 }
 
 /// Best-of-`passes` read bandwidth in GB/s over a `bytes` buffer: one thread, all threads.
-/// Each pass is the best of a plain streaming sum and sums with software prefetch at a few
-/// distances (the kernels prefetch too, so the reference must not be a weaker reader).
+/// Each pass is the best of a plain streaming sum, sums with software prefetch at a few
+/// distances and four-stream sums (the kernels prefetch and the LM head reads four rows at
+/// once, so the reference must not be a weaker reader than any of them).
 fn dram_bandwidth(one: &rayon::ThreadPool, bytes: usize, passes: usize) -> (f64, f64) {
     let words = bytes / 8;
     // written (not calloc'ed zero pages) so every page is really backed by DRAM
     let buf: Vec<u64> = (0..words as u64).collect();
-    // (distance, into L2): the plain sum, near L1 prefetches, and the far L2 prefetches of
-    // the GEMV kernels (64 KiB and more ahead)
-    let distances: &[(usize, bool)] = if cfg!(target_arch = "x86_64") {
-        &[
-            (0, false),
-            (4 << 10, false),
-            (16 << 10, false),
-            (64 << 10, false),
-            (64 << 10, true),
-            (256 << 10, true),
+    // one stream: the plain sum, near L1 prefetches, and the far L2 prefetches of the GEMV
+    // kernels (64 KiB and more ahead); four streams: without and with the LM head's prefetch
+    let one_stream = |pf, l2| Reader { streams: 1, pf, l2 };
+    let four = |pf| Reader {
+        streams: 4,
+        pf,
+        l2: false,
+    };
+    let distances: Vec<Reader> = if cfg!(target_arch = "x86_64") {
+        vec![
+            one_stream(0, false),
+            one_stream(4 << 10, false),
+            one_stream(16 << 10, false),
+            one_stream(64 << 10, false),
+            one_stream(64 << 10, true),
+            one_stream(256 << 10, true),
+            four(0),
+            four(16 << 10),
         ]
     } else {
-        &[(0, false)]
+        vec![one_stream(0, false), four(0)]
     };
-    let best = |f: &dyn Fn((usize, bool)) -> u64| {
+    let best = |f: &dyn Fn(Reader) -> u64| {
         (0..passes)
             .flat_map(|_| distances.iter())
             .map(|&pf| {
