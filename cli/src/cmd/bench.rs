@@ -546,16 +546,27 @@ struct Reader {
     l2: bool,
 }
 
-/// Sum a slice of u64 with 8 independent lanes per stream (vectorizes; the loads dominate).
+/// Sum a slice of u64 (see [`Reader`]); the loads dominate.
 fn read_sum(s: &[u64], r: Reader) -> u64 {
-    let part = s.len() / r.streams / 8 * 8;
-    let mut acc = [[0u64; 8]; 4];
-    assert!(r.streams <= acc.len());
+    match r.streams {
+        1 => read_streams::<1>(s, r),
+        2 => read_streams::<2>(s, r),
+        _ => read_streams::<4>(s, r),
+    }
+}
+
+/// [`read_sum`] over `S` streams: per stream and line, 8 words added pairwise into 4 lanes
+/// (the accumulators of four streams stay in registers; a loop over a run-time stream count
+/// spilled them every line and read slower than DRAM on one thread).
+fn read_streams<const S: usize>(s: &[u64], r: Reader) -> u64 {
+    let part = s.len() / S / 8 * 8;
+    let parts: [&[u64]; S] = core::array::from_fn(|j| &s[j * part..(j + 1) * part]);
+    let mut acc = [[0u64; 4]; S];
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (r.pf, r.l2); // hardware prefetch only
     for i in (0..part).step_by(8) {
-        for (j, acc) in acc.iter_mut().enumerate().take(r.streams) {
-            let c = &s[j * part + i..j * part + i + 8];
+        for (a, p) in acc.iter_mut().zip(parts) {
+            let c: &[u64; 8] = p[i..i + 8].try_into().expect("8 words");
             #[cfg(target_arch = "x86_64")]
             if r.pf != 0 {
                 // SAFETY: SSE is part of the x86-64 baseline; a prefetch never faults,
@@ -563,23 +574,22 @@ fn read_sum(s: &[u64], r: Reader) -> u64 {
                 // allocation is used).
                 unsafe {
                     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-                    let p = (c.as_ptr() as *const i8).wrapping_add(r.pf);
+                    let q = (c.as_ptr() as *const i8).wrapping_add(r.pf);
                     if r.l2 {
-                        _mm_prefetch::<_MM_HINT_T1>(p);
+                        _mm_prefetch::<_MM_HINT_T1>(q);
                     } else {
-                        _mm_prefetch::<_MM_HINT_T0>(p);
+                        _mm_prefetch::<_MM_HINT_T0>(q);
                     }
                 }
             }
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a = a.wrapping_add(v);
+            for l in 0..4 {
+                a[l] = a[l].wrapping_add(c[l].wrapping_add(c[l + 4]));
             }
         }
     }
-    let rest = &s[r.streams * part..];
     acc.iter()
         .flatten()
-        .chain(rest)
+        .chain(&s[S * part..])
         .fold(0u64, |a, &v| a.wrapping_add(v))
 }
 
