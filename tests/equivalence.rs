@@ -345,6 +345,16 @@ fn check_matmul(e: &'static KernelEntry) {
         strategy,
         |((n, k), m, wk, ak, seed)| matmul_case(e, n, k, m, wk, ak, seed),
     );
+    // GEMV over many row tiles: the GEMV drivers read a row range as several evenly spaced
+    // parts (concurrent streams), so ranges of 4+ tiles of every row count must be covered
+    let strategy = (shape_strategy(f, 300, 3), 0u8..5, 0u8..6, any::<u64>());
+    run(
+        e.id,
+        "gemv many rows",
+        32,
+        strategy,
+        |((n, k), wk, ak, seed)| matmul_case(e, n, k, 1, wk, ak, seed),
+    );
     // extremes at a real model K (6912 = FFN): accumulators far beyond i16, all +1/-1 weights
     // against all +127 / all -128 / alternating rows, and one large product that takes the
     // multi-chunk (rayon) path of matmul_prepared.

@@ -134,11 +134,15 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     for &c in &cols {
         tiles.extend(gen_tile(tisa, triples, c, &tf));
     }
+    let row_tiles = tisa == Isa::Avx512;
+    if row_tiles {
+        tiles.extend(gen_tile_rows(triples, &tf));
+    }
     for t in row.tiles {
         if t.panel {
             tiles.extend(gen_panel(triples, *t, &tf));
         } else {
-            tiles.extend(gen_matmul(*t, &tf));
+            tiles.extend(gen_matmul(*t, row_tiles, &tf));
         }
     }
     let flush_steps = lit(FLUSH_UNITS / 2);
@@ -1019,6 +1023,9 @@ fn avx512_load(full: TokenStream) -> TokenStream {
     }
 }
 
+/// Layout tiles per AVX-512 GEMV step (`tile_rows`): four concurrent streams.
+const ROW_TILES: usize = 4;
+
 /// Pair steps per byte-sum group (`PAIR_BYTE_STEPS` in the generated code): the AVX-512 pair
 /// tables hold `e & 31` and `e >> 5` of entries `e` in `[-255, 256]` (`put::<true>`), i.e.
 /// low parts in `[0, 31]` and high parts in `[-8, 8]`; two units per step add at most 62 and
@@ -1171,6 +1178,253 @@ fn avx512_triples(c: usize) -> TokenStream {
 }
 
 // ---------------------------------------------------------------------------------------------
+// AVX-512 GEMV over `r` layout tiles at once (one activation row): every step loads one index
+// vector of each tile and the four table vectors once for all of them. The driver takes the
+// tiles from `r` evenly spaced parts of the row range, so a step reads `r` concurrent DRAM
+// streams (faster than one: see the block-format GEMV in dot.rs), and each table load
+// serves `r` tiles (the tables of K = 6912, 110 KiB, do not stay in L1). Same lookups, same
+// byte/int16 sums and flushes per tile as the one-tile loops above.
+// ---------------------------------------------------------------------------------------------
+
+/// Load dchunk `dc` of every tile (see `avx512_load`).
+fn avx512_rows_load(r: usize, full: TokenStream) -> TokenStream {
+    let v = idents("v", r);
+    let w = idents("w", r);
+    quote! {
+        #(
+            _mm_prefetch::<_MM_HINT_T0>(#w.wrapping_add(dc * 2 * BM + pf) as *const i8);
+            let #v = if #full {
+                _mm512_loadu_si512(#w.add(dc * 2 * BM) as *const _)
+            } else {
+                _mm512_zextsi256_si512(_mm256_loadu_si256(#w.add(dc * 2 * BM) as *const __m256i))
+            };
+        )*
+    }
+}
+
+/// The shared tables of dchunk `dc`, then per tile the lookups of `avx512_pair_step`
+/// (`triples == false`) or `avx512_step` (signed with the tile's `ml`/`mh`).
+fn avx512_rows_step(r: usize, triples: bool) -> TokenStream {
+    let per = (0..r).map(|i| {
+        let v = format_ident!("v{}", i);
+        let body = if triples {
+            let (ml, mh) = (format_ident!("ml{}", i), format_ident!("mh{}", i));
+            let (a, b) = (format_ident!("a{}", i), format_ident!("b{}", i));
+            quote! {
+                let l0 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[0], il), #ml);
+                let h0 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[1], il), #ml);
+                let l1 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[2], ih), #mh);
+                let h1 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[3], ih), #mh);
+                #a = _mm512_add_epi16(#a, _mm512_add_epi16(_mm512_unpacklo_epi8(l0, h0), _mm512_unpacklo_epi8(l1, h1)));
+                #b = _mm512_add_epi16(#b, _mm512_add_epi16(_mm512_unpackhi_epi8(l0, h0), _mm512_unpackhi_epi8(l1, h1)));
+            }
+        } else {
+            let (lo, hi) = (format_ident!("lo{}", i), format_ident!("hi{}", i));
+            quote! {
+                let l0 = _mm512_shuffle_epi8(tb[0], il);
+                let h0 = _mm512_shuffle_epi8(tb[1], il);
+                let l1 = _mm512_shuffle_epi8(tb[2], ih);
+                let h1 = _mm512_shuffle_epi8(tb[3], ih);
+                #lo = _mm512_add_epi8(#lo, _mm512_add_epi8(l0, l1));
+                #hi = _mm512_add_epi8(#hi, _mm512_add_epi8(h0, h1));
+            }
+        };
+        quote! {{
+            let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(#v, #v);
+            let il = _mm512_and_si512(v, nib);
+            let ih = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
+            #body
+        }}
+    });
+    quote! {
+        let p = t0.add(dc * 128) as *const __m256i;
+        let tb = [
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(p)),
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(1))),
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(2))),
+            _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(3))),
+        ];
+        #(#per)*
+    }
+}
+
+/// The pair part over `r` tiles (`w0..`: the tiles' pair chunks, `t0`: the pair tables).
+fn avx512_rows_pairs(r: usize) -> TokenStream {
+    let a = idents("a", r);
+    let b = idents("b", r);
+    let lo = idents("lo", r);
+    let hi = idents("hi", r);
+    let is = (0..r).map(lit);
+    let zero = quote! { #(let mut #a = z; let mut #b = z;)* };
+    let zero_bytes = quote! { #(let mut #lo = z; let mut #hi = z;)* };
+    let fl = quote! { #(flush(&mut acc[#is], #a, #b, z);)* };
+    let widen = quote! {
+        #(
+            #a = _mm512_add_epi16(#a, _mm512_add_epi16(
+                _mm512_unpacklo_epi8(#lo, z),
+                _mm512_srai_epi16::<3>(_mm512_unpacklo_epi8(z, #hi)),
+            ));
+            #b = _mm512_add_epi16(#b, _mm512_add_epi16(
+                _mm512_unpackhi_epi8(#lo, z),
+                _mm512_srai_epi16::<3>(_mm512_unpackhi_epi8(z, #hi)),
+            ));
+        )*
+    };
+    let step = avx512_rows_step(r, false);
+    let load_full = avx512_rows_load(r, quote! { true });
+    let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nch });
+    let bs = lit(PAIR_BYTE_STEPS);
+    quote! {
+        let nib = _mm512_set1_epi8(0x0f);
+        let z = _mm512_setzero_si512();
+        let nd = nch / 2;
+        let mut dc = 0usize;
+        while dc < nd {
+            let end = if nd - dc > FLUSH_STEPS { dc + FLUSH_STEPS } else { nd };
+            #zero
+            while dc < end {
+                let group_end = if end - dc > #bs { dc + #bs } else { end };
+                #zero_bytes
+                while dc < group_end {
+                    #load_full
+                    #step
+                    dc += 1;
+                }
+                #widen
+            }
+            #fl
+        }
+        if nch % 2 == 1 {
+            let dc = nd;
+            #zero
+            #zero_bytes
+            #load_any
+            #step
+            #widen
+            #fl
+        }
+    }
+}
+
+/// The triple part over `r` tiles (`w0..`: magnitude chunks, `sg0..`: sign chunks, `t0`:
+/// the triple tables); the sign bits of `avx512_triples` per tile.
+fn avx512_rows_triples(r: usize) -> TokenStream {
+    let a = idents("a", r);
+    let b = idents("b", r);
+    let neg = idents("neg", r);
+    let s = idents("s", r);
+    let sg = idents("sg", r);
+    let ml = idents("ml", r);
+    let mh = idents("mh", r);
+    let is = (0..r).map(lit);
+    let zero = quote! { #(let mut #a = z; let mut #b = z; let mut #neg = z;)* };
+    let fl = quote! { #(flush(&mut acc[#is], #a, #b, #neg);)* };
+    let step = avx512_rows_step(r, true);
+    let load_full = avx512_rows_load(r, quote! { true });
+    let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nmag });
+    let bits = |dd: TokenStream| {
+        quote! {
+            let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
+            let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
+            let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
+            let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
+            let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
+            #(
+                let #ml = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bl));
+                let #mh = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bh));
+                #neg = _mm512_sub_epi8(#neg, _mm512_add_epi8(#ml, #mh));
+            )*
+        }
+    };
+    let unrolled = (0..2).map(|dd| {
+        let ddl = lit(dd);
+        let bits = bits(quote! { #ddl });
+        quote! {{
+            let dc = grp * 2 + #ddl;
+            #bits
+            #load_full
+            #step
+        }}
+    });
+    let bits_rt = bits(quote! { dd });
+    quote! {
+        let nib = _mm512_set1_epi8(0x0f);
+        let z = _mm512_setzero_si512();
+        let sign = |sg: *const u8, grp: usize| {
+            _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
+            let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
+            _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
+        };
+        let groups = nmag / 4;
+        let flush_groups = FLUSH_STEPS / 2;
+        let mut grp = 0usize;
+        while grp < groups {
+            let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
+            #zero
+            while grp < end {
+                #(let #s = sign(#sg, grp);)*
+                #(#unrolled)*
+                grp += 1;
+            }
+            #fl
+        }
+        let rem = nmag - groups * 4;
+        if rem > 0 {
+            #zero
+            #(let #s = sign(#sg, groups);)*
+            for dd in 0..rem.div_ceil(2) {
+                let dc = groups * 2 + dd;
+                #bits_rt
+                #load_any
+                #step
+            }
+            #fl
+        }
+    }
+}
+
+/// `tile_rows`: `acc[i][r] += sum_k w[tile i row r, k] * q[k]` for `ROW_TILES` layout tiles
+/// `wt[i]` and one activation row whose table area starts at `t` (AVX-512 GEMV).
+fn gen_tile_rows(triples: bool, tf: &TokenStream) -> TokenStream {
+    let r = ROW_TILES;
+    let rl = lit(r);
+    let w = idents("w", r);
+    let sg = idents("sg", r);
+    let is: Vec<Literal> = (0..r).map(lit).collect();
+    let tri = if triples {
+        let body = avx512_rows_triples(r);
+        quote! {{
+            let nmag = g.t / 2;
+            let t0 = t;
+            #(let #w = wt[#is]; let #sg = wt[#is].add(g.sign_offset());)*
+            #body
+        }}
+    } else {
+        quote! {}
+    };
+    let pairs = avx512_rows_pairs(r);
+    quote! {
+        /// Integer accumulators of `ROW_TILES` layout tiles times one activation row.
+        #[inline]
+        #tf
+        unsafe fn tile_rows(
+            wt: [*const u8; #rl], g: &LutGeometry, t: *const i8, tri_bytes: usize,
+            acc: &mut [[i32; BM]; #rl],
+        ) {
+            // per stream a step advances one chunk pair: prefetch a few KiB ahead in each
+            let pf = crate::prefetch_distance(0, false);
+            #tri
+            {
+                let nch = g.pair_elems / 4;
+                #(let #w = wt[#is].add(g.pair_offset());)*
+                let t0 = t.add(tri_bytes);
+                #pairs
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // NEON: a chunk is two q registers (rows 0-15, 16-31); `tbl` looks 16 rows up at once.
 // ---------------------------------------------------------------------------------------------
 
@@ -1295,8 +1549,37 @@ fn neon_triples(c: usize) -> TokenStream {
 // The matmul entry points.
 // ---------------------------------------------------------------------------------------------
 
-fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
+fn gen_matmul(t: Tile, row_tiles: bool, tf: &TokenStream) -> TokenStream {
     let name = format_ident!("mm{}x{}", t.rows, t.cols);
+    // GEMV with `tile_rows`: the range's layout tiles as ROW_TILES evenly spaced streams
+    let gemv = if row_tiles && t.cols == 1 {
+        let rt = lit(ROW_TILES);
+        quote! {
+            if m == 1 {
+                let first = r0 / BM;
+                let tiles = (r1 - r0).div_ceil(BM);
+                let per = tiles / #rt;
+                for i in 0..per {
+                    let ts: [usize; #rt] = core::array::from_fn(|s| first + s * per + i);
+                    let mut acc = [[0i32; BM]; #rt];
+                    tile_rows(ts.map(|ti| w.add(ti * g.tile_bytes)), &g, lut, tri_bytes, &mut acc);
+                    for (a, &ti) in acc.iter().zip(&ts) {
+                        let row = ti * BM;
+                        finish(a, 0, row, if r1 - row < BM { r1 - row } else { BM });
+                    }
+                }
+                for ti in first + #rt * per..first + tiles {
+                    let row = ti * BM;
+                    let mut acc = [[0i32; BM]; 1];
+                    tile_1(w.add(ti * g.tile_bytes), &g, [lut], tri_bytes, &mut acc);
+                    finish(&acc[0], 0, row, if r1 - row < BM { r1 - row } else { BM });
+                }
+                return;
+            }
+        }
+    } else {
+        quote! {}
+    };
     let full = format_ident!("tile_{}", t.cols);
     let cl = lit(t.cols);
     let doc = format!(
@@ -1316,6 +1599,7 @@ fn gen_matmul(t: Tile, tf: &TokenStream) -> TokenStream {
                     *o.add(r) = acc[r] as f32 / s * ws;
                 }
             };
+            #gemv
             // Column blocks whose tables stay in L2 (about 128 KiB) while every row tile of
             // r0..r1 streams past them; inside a block, C columns share each index load.
             let block = ((128 << 10) / row_bytes.max(1) / #cl).max(1) * #cl;
