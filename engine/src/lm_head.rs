@@ -13,6 +13,20 @@ use rayon::prelude::*;
 /// Rows per SIMD dot group.
 const ROWS: usize = 4;
 
+/// `f(r, o, whole)` over `out` in groups of [`ROWS`] outputs from row `r` (`whole`), then one
+/// output at a time for the rest: the row grouping of every SIMD head dot.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn in_groups<T>(out: &mut [T], mut f: impl FnMut(usize, &mut [T], bool)) {
+    let whole = out.len() / ROWS * ROWS;
+    let (groups, rest) = out.split_at_mut(whole);
+    for (g, o) in groups.chunks_exact_mut(ROWS).enumerate() {
+        f(g * ROWS, o, true);
+    }
+    for (i, o) in rest.chunks_exact_mut(1).enumerate() {
+        f(whole + i, o, false);
+    }
+}
+
 /// Logits of one normed hidden state `h` (`n_embd` values).
 pub fn logits(model: &Model<'_>, h: &[f32]) -> Vec<f32> {
     let d = model.cfg.n_embd;
@@ -89,42 +103,37 @@ mod x86 {
 
     pub fn dots_avx512(rows: &[u8], h: &[f32], out: &mut [f32]) {
         assert_eq!(rows.len(), 2 * h.len() * out.len());
-        let (d, n) = (h.len(), out.len());
-        let mut r = 0;
-        while r < n {
+        let d = h.len();
+        super::in_groups(out, |r, o, whole| {
             let p = rows[2 * d * r..].as_ptr();
-            // SAFETY: selected only when AVX-512F is detected; `rows` holds `n` rows of `d`
-            // F16 values (checked above) and the group reads rows r..r + R < n; `h` holds d.
+            // SAFETY: selected only when AVX-512F is detected; `rows` holds a row of `d` F16
+            // values per output (checked above), the call reads the rows of `o` (`ROWS` of
+            // them when `whole`, else one) from row r on; `h` holds d values.
             unsafe {
-                if n - r >= ROWS {
-                    avx512::<ROWS>(p, h.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += ROWS;
+                if whole {
+                    avx512::<ROWS>(p, h.as_ptr(), d, o.as_mut_ptr());
                 } else {
-                    avx512::<1>(p, h.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += 1;
+                    avx512::<1>(p, h.as_ptr(), d, o.as_mut_ptr());
                 }
             }
-        }
+        });
     }
 
     pub fn dots_avx2(rows: &[u8], h: &[f32], out: &mut [f32]) {
         assert_eq!(rows.len(), 2 * h.len() * out.len());
-        let (d, n) = (h.len(), out.len());
-        let mut r = 0;
-        while r < n {
+        let d = h.len();
+        super::in_groups(out, |r, o, whole| {
             let p = rows[2 * d * r..].as_ptr();
             // SAFETY: selected only when AVX2, FMA and F16C are detected; bounds as in
             // `dots_avx512`.
             unsafe {
-                if n - r >= ROWS {
-                    avx2::<ROWS>(p, h.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += ROWS;
+                if whole {
+                    avx2::<ROWS>(p, h.as_ptr(), d, o.as_mut_ptr());
                 } else {
-                    avx2::<1>(p, h.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += 1;
+                    avx2::<1>(p, h.as_ptr(), d, o.as_mut_ptr());
                 }
             }
-        }
+        });
     }
 
     /// The last `d % step` elements of row `r` (scalar).
@@ -359,23 +368,20 @@ mod x86q8 {
 
     pub fn dots_vnni(rows: &[i8], a: &[u8], out: &mut [i32]) {
         assert_eq!(rows.len(), a.len() * out.len());
-        let (d, n) = (a.len(), out.len());
-        let mut r = 0;
-        while r < n {
+        let d = a.len();
+        super::in_groups(out, |r, o, whole| {
             let p = rows[d * r..].as_ptr();
-            // SAFETY: selected only when AVX-512 BW and VNNI are detected; `rows` holds `n`
-            // rows of `d` values (checked above), the group reads rows r..r + R <= n; `a`
-            // holds d.
+            // SAFETY: selected only when AVX-512 BW and VNNI are detected; `rows` holds a row
+            // of `d` values per output (checked above), the call reads the rows of `o` from
+            // row r on; `a` holds d values.
             unsafe {
-                if n - r >= ROWS {
-                    vnni::<ROWS>(p, a.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += ROWS;
+                if whole {
+                    vnni::<ROWS>(p, a.as_ptr(), d, o.as_mut_ptr());
                 } else {
-                    vnni::<1>(p, a.as_ptr(), d, out[r..].as_mut_ptr());
-                    r += 1;
+                    vnni::<1>(p, a.as_ptr(), d, o.as_mut_ptr());
                 }
             }
-        }
+        });
     }
 
     /// `out[0..R]` = the u8 x i8 dots of the `R` rows of `d` values at `w` with `a`.

@@ -1059,10 +1059,29 @@ fn avx512_pairs(c: usize) -> TokenStream {
     let step = avx512_pair_step(c);
     let load_full = avx512_load(quote! { true });
     let load_any = avx512_load(quote! { 2 * dc + 1 < nch });
-    let a = idents("a", c);
-    let b = idents("b", c);
-    let lo = idents("lo", c);
-    let hi = idents("hi", c);
+    let body = avx512_pair_loop(c, zero, load_full, load_any, step, fl);
+    quote! {
+        #setup
+        #body
+    }
+}
+
+/// The pair loop of the AVX-512 tiles over `u` accumulator sets (`lo{i}`/`hi{i}` byte sums
+/// widened into `a{i}`/`b{i}`): FLUSH_STEPS dchunks per flush, PAIR_BYTE_STEPS per widening,
+/// then an odd last chunk. `zero`/`fl` start and flush the int16 sums, `load_*` load dchunk
+/// `dc` (all of it / the last, maybe half), `step` looks it up.
+fn avx512_pair_loop(
+    u: usize,
+    zero: TokenStream,
+    load_full: TokenStream,
+    load_any: TokenStream,
+    step: TokenStream,
+    fl: TokenStream,
+) -> TokenStream {
+    let a = idents("a", u);
+    let b = idents("b", u);
+    let lo = idents("lo", u);
+    let hi = idents("hi", u);
     let zero_bytes = quote! { #(let mut #lo = z; let mut #hi = z;)* };
     // byte sums -> int16 lanes in the order of the interleaved layout (vpunpck{l,h}bw):
     // low parts zero-extended, high parts as `hi << 8 >> 3 = hi * 32`
@@ -1080,7 +1099,6 @@ fn avx512_pairs(c: usize) -> TokenStream {
     };
     let bs = lit(PAIR_BYTE_STEPS);
     quote! {
-        #setup
         let nd = nch / 2;
         let mut dc = 0usize;
         while dc < nd {
@@ -1115,20 +1133,57 @@ fn avx512_triples(c: usize) -> TokenStream {
     let step = avx512_step(c);
     let load_full = avx512_load(quote! { true });
     let load_any = avx512_load(quote! { 2 * dc + 1 < nmag });
-    // bits of dchunk `dd` (0, 1) inside a sign group: low-nibble units are triples 4dd (chunk
-    // A lanes 0, 2) and 4dd + 2 (chunk B lanes 1, 3); high-nibble units 4dd + 1 and 4dd + 3.
+    let signs = |grp: TokenStream| quote! { let s = sign(sg, #grp); };
     let bits = |dd: TokenStream| {
-        quote! {
-            let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
-            let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
-            let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
-            let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
-            let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
-            let ml = _mm512_movm_epi8(_mm512_test_epi8_mask(s, bl));
-            let mh = _mm512_movm_epi8(_mm512_test_epi8_mask(s, bh));
-            neg = _mm512_sub_epi8(neg, _mm512_add_epi8(ml, mh));
-        }
+        sign_bits(
+            dd,
+            &[(quote! { s }, quote! { ml }, quote! { mh }, quote! { neg })],
+        )
     };
+    let body = avx512_triple_loop(zero, signs, bits, load_full, load_any, step, fl);
+    quote! {
+        #setup
+        #body
+    }
+}
+
+/// `ml`/`mh` (sign masks of the low- and high-nibble units of dchunk `dd` in its sign group)
+/// from each sign vector `s`, and `neg` updated, for every `(s, ml, mh, neg)`: low-nibble units
+/// are triples 4dd (chunk A lanes 0, 2) and 4dd + 2 (chunk B lanes 1, 3); high-nibble units
+/// 4dd + 1 and 4dd + 3.
+fn sign_bits(
+    dd: TokenStream,
+    sets: &[(TokenStream, TokenStream, TokenStream, TokenStream)],
+) -> TokenStream {
+    let per = sets.iter().map(|(s, ml, mh, neg)| {
+        quote! {
+            let #ml = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bl));
+            let #mh = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bh));
+            #neg = _mm512_sub_epi8(#neg, _mm512_add_epi8(#ml, #mh));
+        }
+    });
+    quote! {
+        let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
+        let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
+        let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
+        let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
+        let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
+        #(#per)*
+    }
+}
+
+/// The triple loop of the AVX-512 tiles: a sign chunk covers 8 triples = 4 magnitude chunks =
+/// 2 dchunks; `signs(grp)` loads the sign vectors of group `grp`, `bits(dd)` derives the masks
+/// of its dchunk `dd` (see `sign_bits`); the rest as in `avx512_pair_loop`.
+fn avx512_triple_loop(
+    zero: TokenStream,
+    signs: impl Fn(TokenStream) -> TokenStream,
+    bits: impl Fn(TokenStream) -> TokenStream,
+    load_full: TokenStream,
+    load_any: TokenStream,
+    step: TokenStream,
+    fl: TokenStream,
+) -> TokenStream {
     let unrolled = (0..2).map(|dd| {
         let ddl = lit(dd);
         let bits = bits(quote! { #ddl });
@@ -1140,15 +1195,15 @@ fn avx512_triples(c: usize) -> TokenStream {
         }}
     });
     let bits_rt = bits(quote! { dd });
+    let signs_grp = signs(quote! { grp });
+    let signs_last = signs(quote! { groups });
     quote! {
-        #setup
         // sign chunk -> [rows 0-15 | rows 0-15 | rows 16-31 | rows 16-31], the index order
-        let sign = |grp: usize| {
+        let sign = |sg: *const u8, grp: usize| {
             _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
             let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
             _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
         };
-        // a sign chunk covers 8 triples = 4 magnitude chunks = 2 dchunks
         let groups = nmag / 4;
         let flush_groups = FLUSH_STEPS / 2;
         let mut grp = 0usize;
@@ -1156,7 +1211,7 @@ fn avx512_triples(c: usize) -> TokenStream {
             let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
             #zero
             while grp < end {
-                let s = sign(grp);
+                #signs_grp
                 #(#unrolled)*
                 grp += 1;
             }
@@ -1165,7 +1220,7 @@ fn avx512_triples(c: usize) -> TokenStream {
         let rem = nmag - groups * 4;
         if rem > 0 {
             #zero
-            let s = sign(groups);
+            #signs_last
             for dd in 0..rem.div_ceil(2) {
                 let dc = groups * 2 + dd;
                 #bits_rt
@@ -1252,134 +1307,57 @@ fn avx512_rows_step(r: usize, triples: bool) -> TokenStream {
 fn avx512_rows_pairs(r: usize) -> TokenStream {
     let a = idents("a", r);
     let b = idents("b", r);
-    let lo = idents("lo", r);
-    let hi = idents("hi", r);
     let is = (0..r).map(lit);
     let zero = quote! { #(let mut #a = z; let mut #b = z;)* };
-    let zero_bytes = quote! { #(let mut #lo = z; let mut #hi = z;)* };
     let fl = quote! { #(flush(&mut acc[#is], #a, #b, z);)* };
-    let widen = quote! {
-        #(
-            #a = _mm512_add_epi16(#a, _mm512_add_epi16(
-                _mm512_unpacklo_epi8(#lo, z),
-                _mm512_srai_epi16::<3>(_mm512_unpacklo_epi8(z, #hi)),
-            ));
-            #b = _mm512_add_epi16(#b, _mm512_add_epi16(
-                _mm512_unpackhi_epi8(#lo, z),
-                _mm512_srai_epi16::<3>(_mm512_unpackhi_epi8(z, #hi)),
-            ));
-        )*
-    };
     let step = avx512_rows_step(r, false);
     let load_full = avx512_rows_load(r, quote! { true });
     let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nch });
-    let bs = lit(PAIR_BYTE_STEPS);
+    let body = avx512_pair_loop(r, zero, load_full, load_any, step, fl);
     quote! {
         let nib = _mm512_set1_epi8(0x0f);
         let z = _mm512_setzero_si512();
-        let nd = nch / 2;
-        let mut dc = 0usize;
-        while dc < nd {
-            let end = if nd - dc > FLUSH_STEPS { dc + FLUSH_STEPS } else { nd };
-            #zero
-            while dc < end {
-                let group_end = if end - dc > #bs { dc + #bs } else { end };
-                #zero_bytes
-                while dc < group_end {
-                    #load_full
-                    #step
-                    dc += 1;
-                }
-                #widen
-            }
-            #fl
-        }
-        if nch % 2 == 1 {
-            let dc = nd;
-            #zero
-            #zero_bytes
-            #load_any
-            #step
-            #widen
-            #fl
-        }
+        #body
     }
 }
 
 /// The triple part over `r` tiles (`w0..`: magnitude chunks, `sg0..`: sign chunks, `t0`:
-/// the triple tables); the sign bits of `avx512_triples` per tile.
+/// the triple tables), with each tile's own sign masks.
 fn avx512_rows_triples(r: usize) -> TokenStream {
     let a = idents("a", r);
     let b = idents("b", r);
     let neg = idents("neg", r);
     let s = idents("s", r);
     let sg = idents("sg", r);
-    let ml = idents("ml", r);
-    let mh = idents("mh", r);
     let is = (0..r).map(lit);
     let zero = quote! { #(let mut #a = z; let mut #b = z; let mut #neg = z;)* };
     let fl = quote! { #(flush(&mut acc[#is], #a, #b, #neg);)* };
     let step = avx512_rows_step(r, true);
     let load_full = avx512_rows_load(r, quote! { true });
     let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nmag });
-    let bits = |dd: TokenStream| {
-        quote! {
-            let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
-            let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
-            let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
-            let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
-            let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
-            #(
-                let #ml = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bl));
-                let #mh = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bh));
-                #neg = _mm512_sub_epi8(#neg, _mm512_add_epi8(#ml, #mh));
-            )*
-        }
-    };
-    let unrolled = (0..2).map(|dd| {
-        let ddl = lit(dd);
-        let bits = bits(quote! { #ddl });
-        quote! {{
-            let dc = grp * 2 + #ddl;
-            #bits
-            #load_full
-            #step
-        }}
-    });
-    let bits_rt = bits(quote! { dd });
+    let sets: Vec<_> = (0..r)
+        .map(|i| {
+            let (s, ml, mh, neg) = (
+                &s[i],
+                format_ident!("ml{}", i),
+                format_ident!("mh{}", i),
+                &neg[i],
+            );
+            (
+                quote! { #s },
+                quote! { #ml },
+                quote! { #mh },
+                quote! { #neg },
+            )
+        })
+        .collect();
+    let signs = |grp: TokenStream| quote! { #(let #s = sign(#sg, #grp);)* };
+    let bits = |dd: TokenStream| sign_bits(dd, &sets);
+    let body = avx512_triple_loop(zero, signs, bits, load_full, load_any, step, fl);
     quote! {
         let nib = _mm512_set1_epi8(0x0f);
         let z = _mm512_setzero_si512();
-        let sign = |sg: *const u8, grp: usize| {
-            _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
-            let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
-            _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
-        };
-        let groups = nmag / 4;
-        let flush_groups = FLUSH_STEPS / 2;
-        let mut grp = 0usize;
-        while grp < groups {
-            let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
-            #zero
-            while grp < end {
-                #(let #s = sign(#sg, grp);)*
-                #(#unrolled)*
-                grp += 1;
-            }
-            #fl
-        }
-        let rem = nmag - groups * 4;
-        if rem > 0 {
-            #zero
-            #(let #s = sign(#sg, groups);)*
-            for dd in 0..rem.div_ceil(2) {
-                let dc = groups * 2 + dd;
-                #bits_rt
-                #load_any
-                #step
-            }
-            #fl
-        }
+        #body
     }
 }
 
