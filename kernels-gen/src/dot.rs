@@ -1146,7 +1146,8 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     // spaced parts of the range, so every step of the tile reads one line of each of R
     // concurrent streams (each part is contiguous; the loads' prefetches stay in their
     // stream). Concurrent streams read DRAM faster than one: I2S GEMV from DRAM on one
-    // thread of the 2-vCPU Xeon 11.7-14.6 -> 15.9-16.1 GB/s (same binary, alternated).
+    // thread of the 2-vCPU Xeon 11-14.6 -> 17.5-19.7 GB/s, QK256 12.4-13 -> 17.7-20.7
+    // (old and new binaries alternated).
     let gemv = if t.cols == 1 && t.rows > 1 {
         let head = if far {
             let p = b.prefetch(quote! { start.wrapping_add(o) }, true);
