@@ -548,50 +548,37 @@ impl Backend for X86 {
         // accumulators and the lanes are folded (no NaN left, any order is exact). The
         // generic 64-lane fold compiles to ~75 extracts and maxes per call, which dominated
         // the 64-element blocks of I2S64.
-        let (ty, lanes, zero, max, load, and, cast, mask, reduce) = if self.wide() {
-            (
-                quote! { __m512 },
-                16usize,
-                quote! { _mm512_setzero_ps() },
-                quote! { _mm512_max_ps },
-                quote! { _mm512_loadu_ps },
-                quote! { _mm512_and_si512 },
-                (
-                    quote! { _mm512_castps_si512 },
-                    quote! { _mm512_castsi512_ps },
-                ),
-                quote! { _mm512_set1_epi32(0x7fff_ffff) },
-                quote! { _mm512_reduce_max_ps(a) },
-            )
-        } else {
-            (
-                quote! { __m256 },
-                8usize,
-                quote! { _mm256_setzero_ps() },
-                quote! { _mm256_max_ps },
-                quote! { _mm256_loadu_ps },
-                quote! { _mm256_and_si256 },
-                (
-                    quote! { _mm256_castps_si256 },
-                    quote! { _mm256_castsi256_ps },
-                ),
-                quote! { _mm256_set1_epi32(0x7fff_ffff) },
-                quote! {{
-                    let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-                    let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-                    _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
-                }},
-            )
-        };
+        let lanes = self.w / 4;
         if !elems.is_multiple_of(4 * lanes) {
             return quote! { crate::absmax(core::slice::from_raw_parts(#ptr, #elems)) };
         }
-        let (to_i, to_f) = cast;
+        let bits = 8 * self.w;
+        let ty = format_ident!("__m{}", bits);
+        let (zero, max, load, set1) = (
+            self.f("setzero_ps"),
+            self.f("max_ps"),
+            self.f("loadu_ps"),
+            self.f("set1_epi32"),
+        );
+        let (and, to_i, to_f) = (
+            self.f(&format!("and_si{bits}")),
+            self.f(&format!("castps_si{bits}")),
+            self.f(&format!("castsi{bits}_ps")),
+        );
+        let reduce = if self.wide() {
+            quote! { _mm512_reduce_max_ps(a) }
+        } else {
+            quote! {{
+                let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+                let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+            }}
+        };
         let steps = elems / (4 * lanes);
         quote! {{
             let p: *const f32 = #ptr;
-            let m = #mask;
-            let mut acc: [#ty; 4] = [#zero; 4];
+            let m = #set1(0x7fff_ffff);
+            let mut acc: [#ty; 4] = [#zero(); 4];
             for s in 0..#steps {
                 for (j, a) in acc.iter_mut().enumerate() {
                     let x = #to_f(#and(#to_i(#load(p.add((4 * s + j) * #lanes))), m));

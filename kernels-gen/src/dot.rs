@@ -1122,22 +1122,27 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     let full = format_ident!("tile_{}x{}", t.rows, t.cols);
     let rowcol = format_ident!("tile_{}x1", t.rows);
     let (tr, tc) = (lit(t.rows), lit(t.cols));
-    // the loads prefetch `pf` bytes ahead, so the first `pf` bytes of the range are fetched
-    // up front (tensor-scale layouts: a range starts a new DRAM stream)
-    let prologue_pf = if far_prefetch(spec) {
+    // the loads prefetch `pf` bytes ahead, so the first `pf` bytes of a stream (at most
+    // `len`) are fetched up front (tensor-scale layouts: a range starts a new DRAM stream)
+    let head_pf = |start: TokenStream, len: TokenStream| {
+        if !far {
+            return quote! {};
+        }
         let p = b.prefetch(quote! { start.wrapping_add(o) }, true);
         quote! {
-            let start = w.add(r0 * row_bytes);
-            let head = ((r1 - r0) * row_bytes).min(pf);
+            let start = #start;
+            let head = (#len).min(pf);
             let mut o = 0;
             while o < head {
                 #p
                 o += 64;
             }
         }
-    } else {
-        quote! {}
     };
+    let prologue_pf = head_pf(
+        quote! { w.add(r0 * row_bytes) },
+        quote! { (r1 - r0) * row_bytes },
+    );
     let doc = format!(
         " Matmul with a {}x{} register tile over weight rows `r0..r1` and every activation row.",
         t.rows, t.cols
@@ -1149,21 +1154,18 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     // thread of the 2-vCPU Xeon 11-14.6 -> 17.5-19.7 GB/s, QK256 12.4-13 -> 17.7-20.7
     // (old and new binaries alternated).
     let gemv = if t.cols == 1 && t.rows > 1 {
-        let head = if far {
-            let p = b.prefetch(quote! { start.wrapping_add(o) }, true);
+        let stream = head_pf(
+            quote! { w.add((r0 + i * q) * row_bytes) },
+            quote! { q * row_bytes },
+        );
+        let head = if stream.is_empty() {
+            stream
+        } else {
             quote! {
                 for i in 0..#tr {
-                    let start = w.add((r0 + i * q) * row_bytes);
-                    let head = (q * row_bytes).min(pf);
-                    let mut o = 0;
-                    while o < head {
-                        #p
-                        o += 64;
-                    }
+                    #stream
                 }
             }
-        } else {
-            quote! {}
         };
         quote! {
             if m == 1 {
