@@ -7,6 +7,9 @@
 //! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
 
 use crate::model::{FfnAct, Linear, Model};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -142,7 +145,10 @@ unsafe fn attend_avx512(
     out: &mut [f32],
     stats: &mut [(f32, f32)],
 ) {
-    // 64 output lanes x 4 heads: 16 zmm accumulators
+    if avx512::attend(q, k, v, scale, out, stats).is_some() {
+        return;
+    }
+    // other head sizes: 64 output lanes x 4 heads, 16 zmm accumulators
     attend_with::<64>(q, k, v, scale, out, stats, |a, b| {
         // SAFETY: only reached from attend_avx512, i.e. with AVX-512F detected.
         unsafe { dot_avx512(a, b) }
