@@ -643,15 +643,17 @@ fn gen_dequantize(
     })
 }
 
-/// Emit the loads, decodes and dot products of one span for an `r x c` tile.
-/// Shifts used by the chunks when every code is a 2-bit field and the backend can dot scaled
-/// codes (one accumulator per shift); `None` otherwise.
+/// Shifts used by the main spans' chunks when every code there is a 2-bit field and the
+/// backend can dot scaled codes (one accumulator per shift); `None` otherwise.
 ///
 /// Scaled codes save the shift of every non-zero field (one op per code vector) and cost a
 /// merge of the class accumulators (a shift and an add per extra class and accumulator) at
 /// every flush: once per row for tensor-scale formats, but once per block for block-scale
 /// ones, where they are used only if a block has more shifted code vectors than the merge
 /// costs (QK256 and I2S64 on AVX-512 have one code vector per field and block: plain codes).
+/// A tensor-scale row's tail (at most one block, after the merge) always dots plain codes
+/// into the merged accumulators, so its decode (e.g. I2S's broadcast odd block on
+/// AVX-512) does not decide for the main spans.
 fn scaled_classes(
     b: &dyn Backend,
     spec: &FormatSpec,
@@ -661,8 +663,7 @@ fn scaled_classes(
 ) -> Option<Vec<u32>> {
     let mut shifts = Vec::new();
     let mut shifted = 0usize;
-    let all = plan.main.iter().chain(plan.tail.iter().flatten());
-    for ch in all {
+    for ch in &plan.main {
         for v in &ch.vecs {
             match v.op {
                 crate::backend::CodeOp::Shift2(s) => {
@@ -936,7 +937,7 @@ fn gen_tile(
                     });
                 }
                 let e = e.expect("at least one class");
-                quote! { let #target: #vt = #e; }
+                quote! { let mut #target: #vt = #e; }
             })
             .collect(),
         // trit split: acc = 3 d - e, whose horizontal sum is 256 times the trit dot
@@ -1074,8 +1075,8 @@ fn gen_tile(
         let tail = plan
             .tail
             .as_ref()
-            .map(|t| span_dots(b, t, r, c, classes.is_some(), split, far));
-        let spans = tensor_spans(spec, plan, main, tail);
+            .map(|t| span_dots(b, t, r, c, false, split, far));
+        let spans = tensor_spans(spec, plan, main, merge, tail);
         let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
             let acc = format_ident!("acc{}_{}", i, j);
             let h = b.hsum(quote! { #acc });
@@ -1088,7 +1089,6 @@ fn gen_tile(
         quote! {
             #(let mut #accs: #vt = #zero;)*
             #spans
-            #merge
             #(#stores)*
         }
     };
@@ -1231,10 +1231,13 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
 
 /// The span loops of a tensor-scale row: `main` for every span of `SPAN_BLOCKS` blocks, then
 /// `tail` for each remaining single block (`span_off`, `span_elem` set for both).
+/// A tensor-scale row: the main spans, the merge of their accumulators (`merge`: scaled
+/// classes into one accumulator per row and column, or nothing), then the tail blocks.
 fn tensor_spans(
     spec: &FormatSpec,
     plan: &Plan,
     main: TokenStream,
+    merge: TokenStream,
     tail: Option<TokenStream>,
 ) -> TokenStream {
     let (sb, bcb) = (lit(plan.span_blocks), lit(spec.block_code_bytes));
@@ -1254,6 +1257,7 @@ fn tensor_spans(
             let span_elem = sp * MAIN_SLOTS;
             #main
         }
+        #merge
         #tail
     }
 }
@@ -1391,7 +1395,10 @@ fn gen_panel(
                 Some(tc) => Some(span_codes(b, tc)?),
                 None => None,
             };
-            (tensor_spans(spec, plan, main, tail), quote! { None })
+            (
+                tensor_spans(spec, plan, main, quote! {}, tail),
+                quote! { None },
+            )
         }
     };
     let doc = format!(
