@@ -790,33 +790,66 @@ mod tests {
         assert_eq!(exp_neg(0.0), 1.0);
     }
 
-    /// Causal GQA attention in f64, straight from the definition.
+    /// Uniform values in `[-amp, amp)` from a xorshift state (the attention tests' inputs).
+    pub(super) fn uniform(mut seed: u64) -> impl FnMut(f32) -> f32 {
+        move |amp| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
+        }
+    }
+
+    /// The partial attention of one query group in f64, from its definition (see
+    /// [`AttendFn`]): per head, the largest score, the sum of `e^(s - max)` and the
+    /// numerators `sum_p e^(s_p - max) v_p`.
+    pub(super) fn partial_f64(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        g: usize,
+        scale: f64,
+    ) -> Vec<(f64, f64, Vec<f64>)> {
+        let hd = q.len() / g;
+        let n = k.len() / hd;
+        (0..g)
+            .map(|h| {
+                let s: Vec<f64> = (0..n)
+                    .map(|p| {
+                        (0..hd)
+                            .map(|c| q[h * hd + c] as f64 * k[p * hd + c] as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
+                let out = (0..hd)
+                    .map(|c| (0..n).map(|p| e[p] * v[p * hd + c] as f64).sum())
+                    .collect();
+                (mx, e.iter().sum(), out)
+            })
+            .collect()
+    }
+
+    /// Causal GQA attention in f64, straight from the definition: per token and KV head,
+    /// the partial attention of its query group over positions `0..=` its own, normalised.
     fn attention_f64(b: &AttnBatch<'_>) -> Vec<f64> {
         let (q, kc, vc, pos0, m) = (b.q, b.kc, b.vc, b.pos0, b.m);
         let (nh, hd) = (b.n_head, b.head_dim);
         let g = nh / kc.len();
         let mut out = vec![0f64; m * nh * hd];
         for t in 0..m {
-            for h in 0..nh {
-                let (k, v) = (&kc[h / g], &vc[h / g]);
-                let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                let n = pos0 + t + 1;
-                let s: Vec<f64> = (0..n)
-                    .map(|p| {
-                        let kp = &k[p * hd..(p + 1) * hd];
-                        qh.iter()
-                            .zip(kp)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for c in 0..hd {
-                    out[(t * nh + h) * hd + c] =
-                        (0..n).map(|p| e[p] * v[p * hd + c] as f64).sum::<f64>() / sum;
+            let n = pos0 + t + 1;
+            for kvh in 0..kc.len() {
+                let h0 = t * nh + kvh * g;
+                let group = &q[h0 * hd..(h0 + g) * hd];
+                let (k, v) = (&kc[kvh][..n * hd], &vc[kvh][..n * hd]);
+                let parts = partial_f64(group, k, v, g, 1.0 / (hd as f64).sqrt());
+                for (j, (_, sum, num)) in parts.iter().enumerate() {
+                    for (o, x) in out[(h0 + j) * hd..(h0 + j + 1) * hd].iter_mut().zip(num) {
+                        *o = x / sum;
+                    }
                 }
             }
         }
@@ -827,13 +860,7 @@ mod tests {
     /// with a remainder) against the f64 definition; batch and single-token shapes.
     #[test]
     fn attention_matches_the_definition() {
-        let mut seed = 7u64;
-        let mut rnd = |amp: f32| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        };
+        let mut rnd = uniform(7);
         // (query heads, KV heads, head dim, cached positions before the batch, batch)
         for (nh, nkv, hd, pos0, m) in [
             (20, 5, 128, 0, 1),

@@ -362,35 +362,7 @@ unsafe fn weighted_block<const H: usize, const C: usize>(
 
 #[cfg(test)]
 mod tests {
-    /// The partial attention of one query group in f64, from its definition.
-    fn partial_f64(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        g: usize,
-        scale: f32,
-    ) -> Vec<(f64, f64, Vec<f64>)> {
-        let hd = q.len() / g;
-        let n = k.len() / hd;
-        (0..g)
-            .map(|h| {
-                let s: Vec<f64> = (0..n)
-                    .map(|p| {
-                        (0..hd)
-                            .map(|c| q[h * hd + c] as f64 * k[p * hd + c] as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = s.iter().map(|x| (x - mx).exp()).collect();
-                let out = (0..hd)
-                    .map(|c| (0..n).map(|p| e[p] * v[p * hd + c] as f64).sum())
-                    .collect();
-                (mx, e.iter().sum(), out)
-            })
-            .collect()
-    }
+    use super::super::tests::{partial_f64, uniform};
 
     /// Every head-group width (4s and leftovers), position count (four-row blocks and
     /// leftovers, fewer than the prefetch distance) and head size (128-, 64- and 16-lane
@@ -402,13 +374,7 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512F");
             return;
         }
-        let mut seed = 11u64;
-        let mut rnd = |amp: f32| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp
-        };
+        let mut rnd = uniform(11);
         for (g, hd, n) in [
             (4, 128, 192),
             (4, 128, 1),
@@ -430,7 +396,8 @@ mod tests {
             // SAFETY: AVX-512F detected above.
             let done = unsafe { super::attend(&q, &k, &v, scale, &mut out, &mut st) };
             assert!(done.is_some(), "g {g} hd {hd} n {n} declined");
-            for (h, (mx, sum, want)) in partial_f64(&q, &k, &v, g, scale).iter().enumerate() {
+            for (h, (mx, sum, want)) in partial_f64(&q, &k, &v, g, scale as f64).iter().enumerate()
+            {
                 let what = format!("g {g} hd {hd} n {n} head {h}");
                 assert!(
                     (st[h].0 as f64 - mx).abs() < 1e-5,
