@@ -8,7 +8,7 @@
 //! the four positions, four sums reduced by one shuffle tree), the softmax 16 lanes per
 //! instruction, and the weighted values of four heads from one load of each value.
 
-use super::{prefetch_lanes, PREFETCH_ROWS};
+use super::{dot_avx512, prefetch_lanes, PREFETCH_ROWS};
 use std::arch::x86_64::*;
 
 /// The AVX-512 partial attention, or `None` where the shapes are not its (head size not a
@@ -128,18 +128,13 @@ unsafe fn scores(
         }
         p += 4;
     }
+    // the last positions (fewer than four) one dot at a time
     while p < n {
-        let kr = kp.add(p * hd);
+        let kr = &k[p * hd..(p + 1) * hd];
         for h in 0..g {
-            let mut acc = _mm512_setzero_ps();
-            for c in (0..hd).step_by(16) {
-                acc = _mm512_fmadd_ps(
-                    _mm512_loadu_ps(q.add(h * hd + c)),
-                    _mm512_loadu_ps(kr.add(c)),
-                    acc,
-                );
-            }
-            *w.add(h * n + p) = _mm512_reduce_add_ps(acc) * scale;
+            // SAFETY: head h's query is q[h * hd..(h + 1) * hd] (q holds g * hd values).
+            let qh = std::slice::from_raw_parts(q.add(h * hd), hd);
+            *w.add(h * n + p) = dot_avx512(qh, kr) * scale;
         }
         p += 1;
     }
