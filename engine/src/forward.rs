@@ -7,13 +7,13 @@
 //! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
 
 use crate::model::{FfnAct, Linear, Model};
-
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt;
 use ternforge::{matmul_prepared_many, prepare_for, quantize_acts, select_matmul, KernelError};
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// Errors of a forward pass.
 #[derive(Debug, Clone, PartialEq)]

@@ -737,6 +737,7 @@ fn act_loads(b: &dyn Backend, chunk: &Chunk, c: usize) -> TokenStream {
     st
 }
 
+/// Emit the loads, decodes and dot products of one span for an `r x c` tile.
 fn span_dots(
     b: &dyn Backend,
     ch: &[Chunk],
