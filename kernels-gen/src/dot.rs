@@ -1190,9 +1190,9 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     };
     let body = quote! {
             let m = acts.m;
+            #gemv
             // prefetch distance: the same bytes two row tiles ahead, at least 4 KiB
             let pf = crate::prefetch_distance(row_bytes * #tr, #far);
-            #gemv
             #prologue_pf
             // Cache blocking: rows in blocks of about 256 KiB of weights (kept in L2), and
             // for each block the activation column tiles outermost, so that one column
