@@ -397,12 +397,41 @@ impl Dest {
 }
 
 /// The block scales of a block-scale format: `d[blk * R + r]` for row `r` of the group of `R`
-/// rows, `bk4` slot groups per block.
+/// rows, and where each block's slot groups lie. Blocks come in main spans of `span_blocks`
+/// blocks and `span4` slot groups each; within a span, block `p`'s groups are the runs of
+/// `run4` groups starting at `j * span_blocks * run4 + p * run4` (one run of `span4` groups
+/// when a span is one block; lane spans interleave their blocks). The blocks after the last
+/// whole span have `tail4` contiguous groups each.
 #[derive(Clone, Copy)]
 pub struct Blocks {
     pub d: *const f32,
     pub nb: usize,
-    pub bk4: usize,
+    pub span4: usize,
+    pub span_blocks: usize,
+    pub run4: usize,
+    pub tail4: usize,
+}
+
+impl Blocks {
+    /// Block `blk`'s slot groups as `(first group, distance between runs, runs, run length)`.
+    #[inline(always)]
+    fn runs(&self, blk: usize) -> (usize, usize, usize, usize) {
+        let sb = self.span_blocks;
+        let spans = self.nb / sb;
+        if blk < spans * sb {
+            let (sp, p) = (blk / sb, blk % sb);
+            let step = sb * self.run4;
+            (
+                sp * self.span4 + p * self.run4,
+                step,
+                self.span4 / step,
+                self.run4,
+            )
+        } else {
+            let first = spans * self.span4 + (blk - spans * sb) * self.tail4;
+            (first, 0, 1, self.tail4)
+        }
+    }
 }
 
 /// Start of activation rows `col..col + C` as 4-slot groups (one pointer per row, so the
@@ -494,8 +523,8 @@ unsafe fn tensor_cols<S: Simd, const H: usize, const C: usize>(
 /// `C` activation rows from `col` against the panel, block by block.
 ///
 /// # Safety
-/// As [`run`], with `panel` holding `nb * bk4` slot groups, `b.d` readable for `nb * L * H`
-/// floats and `acts.bsum` holding `nb` sums per activation row.
+/// As [`run`], with `panel` holding every block's slot groups (`b.runs`), `b.d` readable for
+/// `nb * L * H` floats and `acts.bsum` holding `nb` sums per activation row.
 #[inline(always)]
 unsafe fn block_cols<S: Simd, const H: usize, const C: usize>(
     panel: *const u8,
@@ -508,7 +537,11 @@ unsafe fn block_cols<S: Simd, const H: usize, const C: usize>(
     let a = cols_ptrs::<C>(acts, col);
     for blk in 0..b.nb {
         let mut acc = [[S::zero(); H]; C];
-        dots::<S, H, C>(panel, blk * b.bk4..(blk + 1) * b.bk4, &a, &mut acc);
+        let (first, step, runs, len) = b.runs(blk);
+        for j in 0..runs {
+            let t0 = first + j * step;
+            dots::<S, H, C>(panel, t0..t0 + len, &a, &mut acc);
+        }
         let d: [S::F; H] = core::array::from_fn(|h| S::loadf(b.d.add((blk * H + h) * S::L)));
         for (c, (f, acc)) in f.iter_mut().zip(acc.iter()).enumerate() {
             let bs = S::splat(*acts.bsum.get_unchecked((col + c) * b.nb + blk));
@@ -564,7 +597,7 @@ unsafe fn run_with<S: Simd, const H: usize, const C: usize>(
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VNNI; `panel` holds `k4 * 16H` dwords of codes for `acts`'
-/// layout (`4 * k4 == acts.stride`, and `k4 == nb * bk4` with blocks); `dest` as in
+/// layout (`4 * k4 == acts.stride`, and with blocks, `k4` covering every block's slot groups); `dest` as in
 /// [`Dest::store`] for every activation row.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn run<const H: usize, const C: usize>(

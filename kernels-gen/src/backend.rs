@@ -132,6 +132,44 @@ pub trait Backend {
     fn quad_store(&self, _f: &Ident, _scale: TokenStream, _out: TokenStream) -> TokenStream {
         unreachable!("quad_store without quad_ty")
     }
+    /// Lane spans (`decode::lane_chunks`): the part size in bytes that this backend gathers
+    /// from separate blocks into one vector and reduces part-wise (`load_lanes`,
+    /// `hsum4_lanes`, `lanes_load_f16`, `lanes_update`, `quad_first`, all with `quad_ty`);
+    /// `None` where it has no such vocabulary.
+    fn lane_part(&self) -> Option<usize> {
+        None
+    }
+    /// Expression: a vector whose part `p` (of `lane_part` bytes) is loaded from `ptrs[p]`.
+    fn load_lanes(&self, _ptrs: &[TokenStream]) -> TokenStream {
+        unreachable!("load_lanes without lane_part")
+    }
+    /// Expression: an i32 vector whose 4 lanes of part `p` are the sums of part `p` of
+    /// `accs[0..4]` (exact: integer adds), i.e. `hsum4` without folding the parts.
+    fn hsum4_lanes(&self, _accs: [TokenStream; 4]) -> TokenStream {
+        unreachable!("hsum4_lanes without lane_part")
+    }
+    /// Expression: an f32 vector whose lane `4p + i` is the f16 at `ptrs[i] + p * stride`
+    /// (bytes), converted exactly as `load_f16` converts it.
+    fn lanes_load_f16(&self, _ptrs: [TokenStream; 4], _stride: usize) -> TokenStream {
+        unreachable!("lanes_load_f16 without lane_part")
+    }
+    /// Statement: for every part `p` in order, `quad_update` of `f` with the lanes of part `p`
+    /// of `d` (a `lanes_load_f16` vector) and of `hs` (a `hsum4_lanes` vector) and the block
+    /// sum `*bsum.add(p)` (`bsum`: a `*const i32` expression): the blocks of a span added to
+    /// `f` one after another, each rounded exactly like the one-block flush.
+    fn lanes_update(
+        &self,
+        _f: &Ident,
+        _d: TokenStream,
+        _hs: TokenStream,
+        _bsum: TokenStream,
+    ) -> TokenStream {
+        unreachable!("lanes_update without lane_part")
+    }
+    /// Expression: lane 0 of a 4-lane f32 accumulator, as an `f32`.
+    fn quad_first(&self, _f: TokenStream) -> TokenStream {
+        unreachable!("quad_first without lane_part")
+    }
     /// Statement: software prefetch of the cache line at `ptr` (a `*const u8`), into L2 when
     /// `far` (long-distance streaming) else into L1; nothing where the ISA has no portable
     /// hint. Prefetches never fault.
@@ -601,16 +639,8 @@ impl Backend for X86 {
         quote! { _mm_setzero_ps() }
     }
     fn hsum4(&self, accs: [TokenStream; 4]) -> TokenStream {
-        let [a0, a1, a2, a3] = accs;
-        let (lo32, hi32, lo64, hi64, add) = (
-            self.f("unpacklo_epi32"),
-            self.f("unpackhi_epi32"),
-            self.f("unpacklo_epi64"),
-            self.f("unpackhi_epi64"),
-            self.f("add_epi32"),
-        );
-        // per 128-bit lane: [a0, a1, a0, a1] partial sums, then [a0, a1, a2, a3]; the lanes
-        // are then folded
+        // per 128-bit lane: [a0, a1, a2, a3] sums (`hsum4_lanes`), then the lanes folded
+        let q = self.hsum4_lanes(accs);
         let fold = if self.wide() {
             quote! {
                 let h = _mm256_add_epi32(_mm512_castsi512_si256(q), _mm512_extracti64x4_epi64::<1>(q));
@@ -620,12 +650,97 @@ impl Backend for X86 {
             quote! { _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q)) }
         };
         quote! {{
+            let q = #q;
+            #fold
+        }}
+    }
+    fn lane_part(&self) -> Option<usize> {
+        self.wide().then_some(16)
+    }
+    fn load_lanes(&self, ptrs: &[TokenStream]) -> TokenStream {
+        assert!(
+            self.wide() && ptrs.len() == 4,
+            "x86 lane loads: four 16-byte parts of a zmm"
+        );
+        let p: Vec<TokenStream> = ptrs
+            .iter()
+            .map(|p| quote! { _mm_loadu_si128((#p as *const u8) as *const __m128i) })
+            .collect();
+        let (p0, p1, p2, p3) = (&p[0], &p[1], &p[2], &p[3]);
+        quote! {{
+            let v = _mm512_castsi128_si512(#p0);
+            let v = _mm512_inserti32x4::<1>(v, #p1);
+            let v = _mm512_inserti32x4::<2>(v, #p2);
+            _mm512_inserti32x4::<3>(v, #p3)
+        }}
+    }
+    fn hsum4_lanes(&self, accs: [TokenStream; 4]) -> TokenStream {
+        let [a0, a1, a2, a3] = accs;
+        let (lo32, hi32, lo64, hi64, add) = (
+            self.f("unpacklo_epi32"),
+            self.f("unpackhi_epi32"),
+            self.f("unpacklo_epi64"),
+            self.f("unpackhi_epi64"),
+            self.f("add_epi32"),
+        );
+        // per 128-bit lane: [a0, a1, a0, a1] partial sums, then [a0, a1, a2, a3]
+        quote! {{
             let (a0, a1, a2, a3) = (#a0, #a1, #a2, #a3);
             let p01 = #add(#lo32(a0, a1), #hi32(a0, a1));
             let p23 = #add(#lo32(a2, a3), #hi32(a2, a3));
-            let q = #add(#lo64(p01, p23), #hi64(p01, p23));
-            #fold
+            #add(#lo64(p01, p23), #hi64(p01, p23))
         }}
+    }
+    fn lanes_load_f16(&self, ptrs: [TokenStream; 4], stride: usize) -> TokenStream {
+        // per row one masked load of its four scales (halfwords 0, s, 2s, 3s for a stride of
+        // s halfwords; nothing else is read) and one masked permute moving scale p to
+        // halfword 4p + i; then one vcvtph2ps of the 16 halfwords
+        assert!(self.wide() && stride.is_multiple_of(2) && 3 * stride < 64);
+        let s = stride / 2;
+        let load_mask =
+            proc_macro2::Literal::u32_unsuffixed((0..4).fold(0u32, |m, p| m | 1 << (p * s)));
+        let idx: Vec<proc_macro2::Literal> = (0..32)
+            .rev()
+            .map(|h| {
+                proc_macro2::Literal::i16_unsuffixed(if h < 16 { (h / 4 * s) as i16 } else { 0 })
+            })
+            .collect();
+        let rows = ptrs.iter().enumerate().map(|(i, p)| {
+            let k = proc_macro2::Literal::u32_unsuffixed(0x1111u32 << i);
+            let src =
+                quote! { _mm512_maskz_loadu_epi16(#load_mask, (#p as *const u8) as *const i16) };
+            quote! { let h = _mm512_mask_permutexvar_epi16(h, #k, idx, #src); }
+        });
+        quote! {{
+            let idx = _mm512_set_epi16(#(#idx),*);
+            let h = _mm512_setzero_si512();
+            #(#rows)*
+            _mm512_cvtph_ps(_mm512_castsi512_si256(h))
+        }}
+    }
+    fn lanes_update(
+        &self,
+        f: &Ident,
+        d: TokenStream,
+        hs: TokenStream,
+        bsum: TokenStream,
+    ) -> TokenStream {
+        // the span's four block sums, each spread over its part, subtracted lane-wise; then
+        // the products of part 0, 1, 2, 3 added in that (block) order
+        quote! {{
+            let bs = _mm512_permutexvar_epi32(
+                _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                _mm512_castsi128_si512(_mm_loadu_si128(#bsum as *const __m128i)),
+            );
+            let p = _mm512_mul_ps(#d, _mm512_cvtepi32_ps(_mm512_sub_epi32(#hs, bs)));
+            #f = _mm_add_ps(#f, _mm512_castps512_ps128(p));
+            #f = _mm_add_ps(#f, _mm512_extractf32x4_ps::<1>(p));
+            #f = _mm_add_ps(#f, _mm512_extractf32x4_ps::<2>(p));
+            #f = _mm_add_ps(#f, _mm512_extractf32x4_ps::<3>(p));
+        }}
+    }
+    fn quad_first(&self, f: TokenStream) -> TokenStream {
+        quote! { _mm_cvtss_f32(#f) }
     }
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
         quote! { _mm_storeu_ps(#out, _mm_div_ps(#f, _mm_set1_ps(#scale))); }

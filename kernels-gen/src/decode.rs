@@ -39,6 +39,10 @@ pub struct Chunk {
     /// that repeats them across the vector.
     pub bytes: usize,
     pub repeat: usize,
+    /// A lane-gather load (`Some(stride)`): the vector's `width / bytes` parts of `bytes`
+    /// bytes each come from span bytes `offset + p * stride` (one block per part, see
+    /// [`lane_chunks`]); `None`: one contiguous (or broadcast) load.
+    pub lane_stride: Option<usize>,
     pub vecs: Vec<CodeVec>,
 }
 
@@ -66,6 +70,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
                 width: w,
                 bytes: w,
                 repeat: gb / w,
+                lane_stride: None,
                 vecs: (0..4)
                     .map(|j| CodeVec {
                         op: CodeOp::Shift2(shift(j)),
@@ -89,6 +94,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
             width: w,
             bytes: gb,
             repeat: 1,
+            lane_stride: None,
             vecs: (0..4 / parts)
                 .map(|v| {
                     let mut shifts = [0u32; 4];
@@ -113,6 +119,7 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
                 width: l,
                 bytes: l,
                 repeat: 1,
+                lane_stride: None,
                 vecs: (0..4)
                     .map(|j| CodeVec {
                         op: CodeOp::Shift2(shift(j)),
@@ -124,6 +131,51 @@ fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
         }
     }
     out
+}
+
+/// Lane spans of a block-scale `Packed2` format whose block is one group of `lane` bytes
+/// (I2S64: 16 bytes) on a `w`-byte vector: a span of `w / lane` consecutive blocks, block `p`'s
+/// code bytes gathered into part `p` of the vector (lanes `p * lane..`), so that the i32
+/// accumulator lanes of part `p` hold only block `p`'s products and the blocks of a span are
+/// separated by a lane-wise reduction instead of one horizontal sum each. Code vector `j`
+/// takes field `j` of every byte: lane `p * lane + m` is element `j * lane + m` of block `p`
+/// (permuted activations). `None` when the layout is not of that kind.
+pub fn lane_chunks(spec: &FormatSpec, lane: usize, w: usize) -> Option<Vec<Chunk>> {
+    let CodeRule::Packed2 {
+        group_bytes,
+        msb_first,
+    } = spec.codes
+    else {
+        return None;
+    };
+    if group_bytes != lane || spec.block_code_bytes != lane || w <= lane || !w.is_multiple_of(lane)
+    {
+        return None;
+    }
+    let shift = |j: usize| {
+        if msb_first {
+            6 - 2 * j as u32
+        } else {
+            2 * j as u32
+        }
+    };
+    let be = spec.block_elems;
+    Some(vec![Chunk {
+        offset: 0,
+        width: w,
+        bytes: lane,
+        repeat: 1,
+        lane_stride: Some(spec.block_bytes()),
+        vecs: (0..4)
+            .map(|j| CodeVec {
+                op: CodeOp::Shift2(shift(j)),
+                act: ActPos::Permuted(j * w),
+                lane_elem: (0..w)
+                    .map(|i| Some((i / lane) * be + j * lane + i % lane))
+                    .collect(),
+            })
+            .collect(),
+    }])
 }
 
 /// ggml TQ1_0: qs[0..32] -> 5 trits per byte (elements n*32 + m), qs[32..48] -> 5 trits
@@ -156,6 +208,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
             width: 52,
             bytes: 52,
             repeat: 1,
+            lane_stride: None,
             vecs: (0..5)
                 .map(|n| CodeVec {
                     op: CodeOp::Trit(n as u32),
@@ -173,6 +226,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
             width,
             bytes: width,
             repeat: bytes / width,
+            lane_stride: None,
             vecs: (0..trits)
                 .map(|n| CodeVec {
                     op: CodeOp::Trit(n),
@@ -191,6 +245,7 @@ fn base3(span: usize, w: usize) -> Result<Vec<Chunk>, String> {
             width: 20,
             bytes: 20,
             repeat: 1,
+            lane_stride: None,
             vecs: (0..5)
                 .map(|n| CodeVec {
                     op: CodeOp::Trit(n as u32),

@@ -14,8 +14,11 @@ use quote::{format_ident, quote};
 
 /// Layout decisions for one (format, backend) pair.
 pub struct Plan {
-    /// Blocks per main span (tensor-scale formats group blocks to fill a vector).
+    /// Blocks per main span (tensor-scale formats group blocks to fill a vector; lane spans
+    /// one block per vector part).
     pub span_blocks: usize,
+    /// The main spans are lane spans (`decode::lane_chunks`, block-scale formats only).
+    pub lanes: bool,
     pub main: Vec<Chunk>,
     /// Chunks of a single-block tail span (only when `span_blocks > 1`).
     pub tail: Option<Vec<Chunk>>,
@@ -35,9 +38,32 @@ pub fn plan(spec: &FormatSpec, w: usize) -> Result<Plan, String> {
     };
     Ok(Plan {
         span_blocks,
+        lanes: false,
         main,
         tail,
     })
+}
+
+/// The plan of the matmul tiles and their activation layout: as [`plan`], except that a
+/// block-scale format whose block is one group of the backend's `lane_part` bytes gets lane
+/// spans (I2S64 on AVX-512: four blocks per zmm, one per 128-bit part), so that a tile reduces
+/// four blocks of four rows with one lane-wise reduction instead of four horizontal sums; the
+/// blocks after the last whole span keep the one-block chunks.
+pub fn matmul_plan(spec: &FormatSpec, b: &dyn Backend) -> Result<Plan, String> {
+    let base = plan(spec, b.width())?;
+    let lane = match (spec.scale, b.lane_part(), b.quad_ty()) {
+        (ScaleRule::BlockF16, Some(lane), Some(_)) => lane,
+        _ => return Ok(base),
+    };
+    match crate::decode::lane_chunks(spec, lane, b.width()) {
+        Some(main) => Ok(Plan {
+            span_blocks: b.width() / lane,
+            lanes: true,
+            main,
+            tail: Some(base.main),
+        }),
+        None => Ok(base),
+    }
 }
 
 /// Prepared-slot -> span-element map of a chunk list (`None`: a padding slot, always 0).
@@ -107,6 +133,15 @@ fn lit(v: usize) -> Literal {
 /// The weight load of a chunk: `bytes` bytes at `ptr`, broadcast to the vector when the chunk
 /// spreads one group (`CodeOp::Spread2`).
 fn load_weights(b: &dyn Backend, ch: &Chunk, ptr: TokenStream) -> TokenStream {
+    if let Some(stride) = ch.lane_stride {
+        let ptrs: Vec<TokenStream> = (0..ch.width / ch.bytes)
+            .map(|p| {
+                let o = lit(p * stride);
+                quote! { (#ptr).add(#o) }
+            })
+            .collect();
+        return b.load_lanes(&ptrs);
+    }
     if ch.bytes == ch.width {
         b.load(ch.width, ptr)
     } else {
@@ -146,7 +181,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
     // the matmul tiles and their activation layout may use narrower vectors
     // (`matmul_backend`): their own plan
     let b = crate::backend::matmul_backend(row.isa, spec);
-    let plan = self::plan(spec, b.width())?;
+    let plan = matmul_plan(spec, &*b)?;
     let main_map = slot_map(spec, &plan.main, plan.span_blocks * spec.block_elems)?;
     let tail_map = match &plan.tail {
         Some(t) => slot_map(spec, t, spec.block_elems)?,
@@ -715,6 +750,14 @@ fn row_load(b: &dyn Backend, chunk: &Chunk, i: usize, name: &Ident, far: bool) -
             far,
         ));
     }
+    if let Some(stride) = chunk.lane_stride {
+        // a lane span covers more than one line: every line of it
+        let span = (chunk.width / chunk.bytes - 1) * stride + chunk.bytes;
+        for line in (64..span).step_by(64) {
+            let l = lit(chunk.offset + line);
+            st.extend(b.prefetch(quote! { #wp.wrapping_add(span_off + #l + pf) }, far));
+        }
+    }
     st
 }
 
@@ -901,7 +944,12 @@ fn gen_tile(
         let jl = lit(j);
         quote! { let #ap = acts.q.as_ptr().add((col + #jl) * acts.stride); }
     });
-    let classes = scaled_classes(b, spec, plan, r, c);
+    // lane spans dot plain codes (their flush is once per span and row already)
+    let classes = if plan.lanes {
+        None
+    } else {
+        scaled_classes(b, spec, plan, r, c)
+    };
     let split = trit_split(b, spec, plan);
     let far = far_prefetch(spec);
     let accs: Vec<Ident> = (0..r)
@@ -958,19 +1006,74 @@ fn gen_tile(
     let main = span_dots(b, &plan.main, r, c, classes.is_some(), split, far);
     // block-scale formats: per block, fresh integer accumulators, the dots, then a flush
     // into the f32 accumulators (`init`), stored at the end
-    let block_loop = |init: TokenStream, flush: TokenStream, stores: TokenStream| {
-        quote! {
-            #init
-            for blk in 0..nb {
-                let span_off = blk * #bb;
-                let span_elem = blk * MAIN_SLOTS;
-                #(let mut #accs: #vt = #zero;)*
-                #main
-                #merge
-                #flush
-            }
-            #stores
+    // lane spans: the spans of `SPAN_BLOCKS` blocks with their own flush (`lanes`: the
+    // flush and what follows the spans), then the remaining blocks one by one
+    let tail = plan
+        .tail
+        .as_ref()
+        .filter(|_| plan.lanes)
+        .map(|t| span_dots(b, t, r, c, false, false, far));
+    let sb = lit(plan.span_blocks);
+    let block_loop = |init: TokenStream,
+                      flush: TokenStream,
+                      lanes: Option<(TokenStream, TokenStream)>,
+                      stores: TokenStream| {
+        match (lanes, &tail) {
+            (Some((lane_flush, after)), Some(tail)) => quote! {
+                #init
+                let spans = nb / #sb;
+                for sp in 0..spans {
+                    let span_off = sp * (#sb * #bb);
+                    let span_elem = sp * MAIN_SLOTS;
+                    #(let mut #accs: #vt = #zero;)*
+                    #main
+                    #lane_flush
+                }
+                #after
+                for blk in spans * #sb..nb {
+                    let span_off = blk * #bb;
+                    let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
+                    #(let mut #accs: #vt = #zero;)*
+                    #tail
+                    #flush
+                }
+                #stores
+            },
+            _ => quote! {
+                #init
+                for blk in 0..nb {
+                    let span_off = blk * #bb;
+                    let span_elem = blk * MAIN_SLOTS;
+                    #(let mut #accs: #vt = #zero;)*
+                    #main
+                    #merge
+                    #flush
+                }
+                #stores
+            },
         }
+    };
+    // the lane-span flush of rows `rows` (four, or one row four times) and column `j` into
+    // the 4-lane f32 accumulator `f`
+    let lane_update = |rows: [usize; 4], j: usize, f: &Ident| {
+        let accs: [TokenStream; 4] = rows.map(|i| {
+            let a = format_ident!("acc{}_{}", i, j);
+            quote! { #a }
+        });
+        let hs = b.hsum4_lanes(accs);
+        let jl = lit(j);
+        let bsum = quote! { acts.bsum.as_ptr().add((col + #jl) * nb + sp * #sb) };
+        b.lanes_update(f, quote! { dl }, hs, bsum)
+    };
+    let lane_scales = |rows: [usize; 4]| {
+        let dl = b.lanes_load_f16(
+            rows.map(|i| {
+                let wp = format_ident!("w{}", i);
+                quote! { #wp.add(span_off + #bcb) }
+            }),
+            spec.block_bytes(),
+        );
+        quote! { let dl = #dl; }
     };
     let quad = b.quad_ty().filter(|_| r.is_multiple_of(4));
     let body = if let (true, Some(qt)) = (per_block, quad) {
@@ -1032,9 +1135,22 @@ fn gen_tile(
                     }
                 }
             });
+        let lanes = plan.lanes.then(|| {
+            let flush = (0..groups).map(|g| {
+                let rows = core::array::from_fn(|i| 4 * g + i);
+                let dl = lane_scales(rows);
+                let per_col = (0..c).map(|j| lane_update(rows, j, &fq(g, j)));
+                quote! {{
+                    #dl
+                    #(#per_col)*
+                }}
+            });
+            (quote! { #(#flush)* }, quote! {})
+        });
         block_loop(
             quote! { #(let mut #fqs: #qt = #qz;)* },
             quote! { #(#flush)* },
+            lanes,
             quote! { #(#stores)* },
         )
     } else if per_block {
@@ -1067,11 +1183,37 @@ fn gen_tile(
             let (il, jl) = (lit(i), lit(j));
             quote! { *out.add((col + #jl) * n + row + #il * rs) = #f / *acts.scale.get_unchecked(col + #jl); }
         });
-        block_loop(
-            quote! { #(let mut #fs = 0f32;)* },
-            quote! { #(#flush)* },
-            quote! { #(#stores)* },
-        )
+        // lane spans on fewer than four rows: each row's flush as a 4-lane one of the row
+        // four times (every lane the same), its lane 0 then continuing in `f`
+        let fq = |i: usize, j: usize| format_ident!("fq{}_{}", i, j);
+        let lanes = plan.lanes.then(|| {
+            let flush = (0..r).map(|i| {
+                let dl = lane_scales([i; 4]);
+                let per_col = (0..c).map(|j| lane_update([i; 4], j, &fq(i, j)));
+                quote! {{
+                    #dl
+                    #(#per_col)*
+                }}
+            });
+            let after = (0..r)
+                .flat_map(|i| (0..c).map(move |j| (i, j)))
+                .map(|(i, j)| {
+                    let (f, q) = (format_ident!("f{}_{}", i, j), fq(i, j));
+                    let first = b.quad_first(quote! { #q });
+                    quote! { let mut #f = #first; }
+                });
+            (quote! { #(#flush)* }, quote! { #(#after)* })
+        });
+        // `f` starts at 0, or (lane spans) where the spans' 4-lane accumulators ended
+        let init = match (&lanes, b.quad_ty()) {
+            (Some(_), Some(qt)) => {
+                let qz = b.quad_zero();
+                let fqs = (0..r).flat_map(|i| (0..c).map(move |j| fq(i, j)));
+                quote! { #(let mut #fqs: #qt = #qz;)* }
+            }
+            _ => quote! { #(let mut #fs = 0f32;)* },
+        };
+        block_loop(init, quote! { #(#flush)* }, lanes, quote! { #(#stores)* })
     } else {
         let tail = plan
             .tail
@@ -1375,6 +1517,40 @@ fn gen_panel(
         quote! { 0 }
     };
     let (decode, blocks) = match spec.scale {
+        ScaleRule::BlockF16 if plan.lanes => {
+            // lane spans: a span's blocks interleaved in runs of one part (`lane_chunks`),
+            // then the remaining blocks one by one
+            let f16 = b.load_f16(quote! { w0.add(span_off + p * #bb + #bcb) });
+            let tail_f16 = b.load_f16(quote! { w0.add(span_off + #bcb) });
+            let tail = span_codes(b, plan.tail.as_deref().unwrap_or_default())?;
+            let sb = lit(plan.span_blocks);
+            let run4 = lit(plan.main[0].bytes / 4);
+            (
+                quote! {
+                    let spans = nb / #sb;
+                    for sp in 0..spans {
+                        let span_off = sp * (#sb * #bb);
+                        let span_elem = sp * MAIN_SLOTS;
+                        #main
+                        for p in 0..#sb {
+                            *dsc.get_unchecked_mut((sp * #sb + p) * #rl + i) = #f16;
+                        }
+                    }
+                    for blk in spans * #sb..nb {
+                        let span_off = blk * #bb;
+                        let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
+                        #tail
+                        *dsc.get_unchecked_mut(blk * #rl + i) = #tail_f16;
+                    }
+                },
+                quote! {
+                    Some(crate::panel::Blocks {
+                        d: dsc.as_ptr(), nb, span4: MAIN_SLOTS / 4, span_blocks: #sb,
+                        run4: #run4, tail4: TAIL_SLOTS / 4,
+                    })
+                },
+            )
+        }
         ScaleRule::BlockF16 => {
             let f16 = b.load_f16(quote! { w0.add(span_off + #bcb) });
             (
@@ -1387,7 +1563,10 @@ fn gen_panel(
                     }
                 },
                 quote! {
-                    Some(crate::panel::Blocks { d: dsc.as_ptr(), nb, bk4: MAIN_SLOTS / 4 })
+                    Some(crate::panel::Blocks {
+                        d: dsc.as_ptr(), nb, span4: MAIN_SLOTS / 4, span_blocks: 1,
+                        run4: MAIN_SLOTS / 4, tail4: MAIN_SLOTS / 4,
+                    })
                 },
             )
         }
