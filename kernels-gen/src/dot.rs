@@ -559,6 +559,12 @@ fn gen_dequantize(
     let bb = lit(spec.block_bytes());
     let sb = lit(plan.span_blocks);
     let vt = b.vec_ty();
+    // 2-bit codes: a lookup table of the scale `d` (`tab`), made where `d` is
+    let table = match spec.codes {
+        crate::table::CodeRule::Packed2 { .. } => b.dequant_table(quote! { d }),
+        _ => None,
+    };
+    let tab = table.as_ref().map(|t| quote! { let tab = #t; });
     let span_body = |ch: &[Chunk]| -> TokenStream {
         let mut body = TokenStream::new();
         for c in ch {
@@ -576,23 +582,53 @@ fn gen_dequantize(
             let wb = lit(c.bytes);
             let load = load_weights(b, c, quote! { p.add(#off + rep * #wb) });
             let mut inner = quote! { let v: #vt = #load; };
+            // byte offsets already widened for `dequant_lookup` (`x{offset}`), and the
+            // lookups by output element: stored in address order after every vector (in the
+            // code vectors' order, which alternates between groups: I2S 2.7-3.1 instead of
+            // 3.8-4.1 Gelem/s)
+            let mut widened: Vec<usize> = Vec::new();
+            let mut lookups: Vec<(usize, TokenStream)> = Vec::new();
             let sc = Scalar;
             for (vi, v) in c.vecs.iter().enumerate() {
                 let cv = format_ident!("c{}", vi);
                 let code = b.code(&format_ident!("v"), v.op);
                 let mut vector_runs = TokenStream::new();
                 let mut leftovers: Vec<(usize, usize)> = Vec::new();
+                let mut needs_code = false;
                 let mut l = 0;
                 while l < c.width {
                     if l % step == 0 && run_ok(v, l) {
-                        let e = lit(v.lane_elem[l].expect("checked"));
-                        vector_runs.extend(b.store_dequant(
-                            &cv,
-                            l,
-                            step,
-                            quote! { d },
-                            quote! { o.add(#e + rep * #w) },
-                        ));
+                        let elem = v.lane_elem[l].expect("checked");
+                        let e = lit(elem);
+                        let out = quote! { o.add(#e + rep * #w) };
+                        // a run of one 2-bit field straight from its bytes (the lane's byte
+                        // is lane `l` of the load, or of the broadcast group)
+                        let shift = match v.op {
+                            crate::backend::CodeOp::Shift2(s) => Some(s),
+                            crate::backend::CodeOp::Spread2 { bytes, shifts } if step <= bytes => {
+                                Some(shifts[l / bytes])
+                            }
+                            _ => None,
+                        };
+                        let direct = shift.filter(|_| table.is_some()).and_then(|s| {
+                            let byte = if c.bytes < c.width { l % c.bytes } else { l };
+                            let x = format_ident!("x{}", byte);
+                            if !widened.contains(&byte) {
+                                let bl = lit(byte);
+                                let e =
+                                    b.dequant_widen(quote! { p.add(#off + rep * #wb + #bl) })?;
+                                widened.push(byte);
+                                inner.extend(quote! { let #x = #e; });
+                            }
+                            Some(b.dequant_lookup(s, &x, &format_ident!("tab"), out.clone()))
+                        });
+                        match direct {
+                            Some(st) => lookups.push((elem, st)),
+                            None => {
+                                needs_code = true;
+                                vector_runs.extend(b.store_dequant(&cv, l, step, quote! { d }, out))
+                            }
+                        }
                         l += step;
                     } else {
                         if let Some(e) = v.lane_elem[l] {
@@ -602,7 +638,10 @@ fn gen_dequantize(
                     }
                 }
                 if !vector_runs.is_empty() {
-                    inner.extend(quote! { let #cv: #vt = #code; #vector_runs });
+                    if needs_code {
+                        inner.extend(quote! { let #cv: #vt = #code; });
+                    }
+                    inner.extend(vector_runs);
                 }
                 if !leftovers.is_empty() {
                     let scode = sc.code(&format_ident!("v"), v.op);
@@ -616,6 +655,8 @@ fn gen_dequantize(
                     });
                 }
             }
+            lookups.sort_by_key(|&(e, _)| e);
+            inner.extend(lookups.into_iter().map(|(_, st)| st));
             let reps = lit(c.repeat);
             body.extend(quote! { for rep in 0..#reps { #inner } });
         }
@@ -628,12 +669,13 @@ fn gen_dequantize(
             quote! {
                 let t = data.add(nblocks * #bcb);
                 let d = f32::from_le_bytes([*t, *t.add(1), *t.add(2), *t.add(3)]);
+                #tab
             },
             quote! {},
         ),
         ScaleRule::BlockF16 => (quote! {}, {
             let l = b.load_f16(quote! { p.add(#bcb) });
-            quote! { let d = #l; }
+            quote! { let d = #l; #tab }
         }),
     };
     let stride = if spec.scale == ScaleRule::BlockF16 {
