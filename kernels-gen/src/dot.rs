@@ -1107,7 +1107,9 @@ fn gen_tile(
         let bsum = quote! { acts.bsum.as_ptr().add((col + #jl) * nb + sp * #sb) };
         b.lanes_update(f, quote! { dl }, hs, bsum)
     };
-    let lane_scales = |rows: [usize; 4]| {
+    // the lane-span flush of rows `rows`: their scales once, then every column `j` into
+    // the 4-lane accumulator `f(j)`
+    let lane_flush = |rows: [usize; 4], f: &dyn Fn(usize) -> Ident| {
         let dl = b.lanes_load_f16(
             rows.map(|i| {
                 let wp = format_ident!("w{}", i);
@@ -1115,7 +1117,11 @@ fn gen_tile(
             }),
             spec.block_bytes(),
         );
-        quote! { let dl = #dl; }
+        let per_col = (0..c).map(|j| lane_update(rows, j, &f(j)));
+        quote! {{
+            let dl = #dl;
+            #(#per_col)*
+        }}
     };
     let quad = b.quad_ty().filter(|_| r.is_multiple_of(4));
     let body = if let (true, Some(qt)) = (per_block, quad) {
@@ -1178,15 +1184,8 @@ fn gen_tile(
                 }
             });
         let lanes = plan.lanes.then(|| {
-            let flush = (0..groups).map(|g| {
-                let rows = core::array::from_fn(|i| 4 * g + i);
-                let dl = lane_scales(rows);
-                let per_col = (0..c).map(|j| lane_update(rows, j, &fq(g, j)));
-                quote! {{
-                    #dl
-                    #(#per_col)*
-                }}
-            });
+            let flush =
+                (0..groups).map(|g| lane_flush(core::array::from_fn(|i| 4 * g + i), &|j| fq(g, j)));
             (quote! { #(#flush)* }, quote! {})
         });
         block_loop(
@@ -1229,14 +1228,7 @@ fn gen_tile(
         // four times (every lane the same), its lane 0 then continuing in `f`
         let fq = |i: usize, j: usize| format_ident!("fq{}_{}", i, j);
         let lanes = plan.lanes.then(|| {
-            let flush = (0..r).map(|i| {
-                let dl = lane_scales([i; 4]);
-                let per_col = (0..c).map(|j| lane_update([i; 4], j, &fq(i, j)));
-                quote! {{
-                    #dl
-                    #(#per_col)*
-                }}
-            });
+            let flush = (0..r).map(|i| lane_flush([i; 4], &|j| fq(i, j)));
             let after = (0..r)
                 .flat_map(|i| (0..c).map(move |j| (i, j)))
                 .map(|(i, j)| {
