@@ -58,8 +58,17 @@ pub fn chunks(spec: &FormatSpec, span_bytes: usize, w: usize) -> Result<Vec<Chun
     }
 }
 
+/// Bit position of 2-bit field `j` (0..4) of a byte: MSB-first (I2_S) or LSB-first (TQ2_0).
+fn field_shift(msb_first: bool, j: usize) -> u32 {
+    if msb_first {
+        6 - 2 * j as u32
+    } else {
+        2 * j as u32
+    }
+}
+
 fn packed2(gb: usize, msb: bool, span: usize, w: usize) -> Vec<Chunk> {
-    let shift = |j: usize| if msb { 6 - 2 * j as u32 } else { 2 * j as u32 };
+    let shift = |j: usize| field_shift(msb, j);
     let elem = |byte: usize, j: usize| (byte / gb) * 4 * gb + j * gb + byte % gb;
     let mut out = Vec::new();
     if w <= gb {
@@ -152,13 +161,7 @@ pub fn lane_chunks(spec: &FormatSpec, lane: usize, w: usize) -> Option<Vec<Chunk
     {
         return None;
     }
-    let shift = |j: usize| {
-        if msb_first {
-            6 - 2 * j as u32
-        } else {
-            2 * j as u32
-        }
-    };
+    let shift = |j: usize| field_shift(msb_first, j);
     let be = spec.block_elems;
     Some(vec![Chunk {
         offset: 0,
