@@ -51,8 +51,15 @@ pub fn plan(spec: &FormatSpec, w: usize) -> Result<Plan, String> {
 /// blocks after the last whole span keep the one-block chunks.
 pub fn matmul_plan(spec: &FormatSpec, b: &dyn Backend) -> Result<Plan, String> {
     let base = plan(spec, b.width())?;
+    // the span's scales are gathered as halfwords from one 64-byte window per row
+    // (`lanes_load_f16`): an even block size, all four within the window
+    let bb = spec.block_bytes();
     let lane = match (spec.scale, b.lane_part(), b.quad_ty()) {
-        (ScaleRule::BlockF16, Some(lane), Some(_)) => lane,
+        (ScaleRule::BlockF16, Some(lane), Some(_))
+            if bb.is_multiple_of(2) && (b.width() / lane - 1) * bb < 64 =>
+        {
+            lane
+        }
         _ => return Ok(base),
     };
     match crate::decode::lane_chunks(spec, lane, b.width()) {
