@@ -1068,26 +1068,20 @@ fn gen_tile(
                       lanes: Option<(TokenStream, TokenStream)>,
                       stores: TokenStream| {
         match (lanes, &tail) {
-            (Some((lane_flush, after)), Some(tail)) => quote! {
-                #init
-                let spans = nb / #sb;
-                for sp in 0..spans {
-                    let span_off = sp * (#sb * #bb);
-                    let span_elem = sp * MAIN_SLOTS;
-                    #(let mut #accs: #vt = #zero;)*
-                    #main
-                    #lane_flush
+            (Some((lane_flush, after)), Some(tail)) => {
+                let spans = span_loops(
+                    spec,
+                    plan,
+                    quote! { #(let mut #accs: #vt = #zero;)* #main #lane_flush },
+                    after,
+                    Some(quote! { #(let mut #accs: #vt = #zero;)* #tail #flush }),
+                );
+                quote! {
+                    #init
+                    #spans
+                    #stores
                 }
-                #after
-                for blk in spans * #sb..nb {
-                    let span_off = blk * #bb;
-                    let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
-                    #(let mut #accs: #vt = #zero;)*
-                    #tail
-                    #flush
-                }
-                #stores
-            },
+            }
             _ => quote! {
                 #init
                 for blk in 0..nb {
@@ -1260,7 +1254,7 @@ fn gen_tile(
             .tail
             .as_ref()
             .map(|t| span_dots(b, t, r, c, false, split, far));
-        let spans = tensor_spans(spec, plan, main, merge, tail);
+        let spans = span_loops(spec, plan, main, merge, tail);
         let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
             let acc = format_ident!("acc{}_{}", i, j);
             let h = b.hsum(quote! { #acc });
@@ -1413,22 +1407,23 @@ fn gen_matmul(spec: &FormatSpec, b: &dyn Backend, t: Tile, tf: &TokenStream) -> 
     matmul_entry(spec, &name, &doc, tf, body)
 }
 
-/// The span loops of a tensor-scale row: `main` for every span of `SPAN_BLOCKS` blocks, then
-/// `tail` for each remaining single block (`span_off`, `span_elem` set for both).
-/// A tensor-scale row: the main spans, the merge of their accumulators (`merge`: scaled
-/// classes into one accumulator per row and column, or nothing), then the tail blocks.
-fn tensor_spans(
+/// The span loops of a row with multi-block spans (tensor-scale rows, lane spans): `main`
+/// for every span of `SPAN_BLOCKS` blocks, then `merge` (e.g. the merge of scaled-class
+/// accumulators), then `tail` for each remaining single block (`span_off`, `span_elem` set
+/// for both).
+fn span_loops(
     spec: &FormatSpec,
     plan: &Plan,
     main: TokenStream,
     merge: TokenStream,
     tail: Option<TokenStream>,
 ) -> TokenStream {
-    let (sb, bcb) = (lit(plan.span_blocks), lit(spec.block_code_bytes));
+    // bytes per block: code bytes, plus the f16 scale of a block-scale format
+    let (sb, bb) = (lit(plan.span_blocks), lit(spec.block_bytes()));
     let tail = tail.map(|td| {
         quote! {
             for blk in spans * #sb..nb {
-                let span_off = blk * #bcb;
+                let span_off = blk * #bb;
                 let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
                 #td
             }
@@ -1437,7 +1432,7 @@ fn tensor_spans(
     quote! {
         let spans = nb / #sb;
         for sp in 0..spans {
-            let span_off = sp * #sb * #bcb;
+            let span_off = sp * #sb * #bb;
             let span_elem = sp * MAIN_SLOTS;
             #main
         }
@@ -1567,23 +1562,21 @@ fn gen_panel(
             let sb = lit(plan.span_blocks);
             let run4 = lit(plan.main[0].bytes / 4);
             (
-                quote! {
-                    let spans = nb / #sb;
-                    for sp in 0..spans {
-                        let span_off = sp * (#sb * #bb);
-                        let span_elem = sp * MAIN_SLOTS;
+                span_loops(
+                    spec,
+                    plan,
+                    quote! {
                         #main
                         for p in 0..#sb {
                             *dsc.get_unchecked_mut((sp * #sb + p) * #rl + i) = #f16;
                         }
-                    }
-                    for blk in spans * #sb..nb {
-                        let span_off = blk * #bb;
-                        let span_elem = spans * MAIN_SLOTS + (blk - spans * #sb) * TAIL_SLOTS;
+                    },
+                    quote! {},
+                    Some(quote! {
                         #tail
                         *dsc.get_unchecked_mut(blk * #rl + i) = #tail_f16;
-                    }
-                },
+                    }),
+                ),
                 quote! {
                     Some(crate::panel::Blocks {
                         d: dsc.as_ptr(), nb, span4: MAIN_SLOTS / 4, span_blocks: #sb,
@@ -1617,7 +1610,7 @@ fn gen_panel(
                 None => None,
             };
             (
-                tensor_spans(spec, plan, main, quote! {}, tail),
+                span_loops(spec, plan, main, quote! {}, tail),
                 quote! { None },
             )
         }
