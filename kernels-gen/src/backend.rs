@@ -157,6 +157,18 @@ pub trait Backend {
     fn quad_store(&self, _f: &Ident, _scale: TokenStream, _out: TokenStream) -> TokenStream {
         unreachable!("quad_store without quad_ty")
     }
+    /// Statement (tensor-scale formats): store `((hs[i] - sum) as f32) / scale * ws` at
+    /// `out + i` (a `*mut f32` expression) for the lanes of a `hsum4` vector, rounded
+    /// exactly like the scalar formula of each row (`ws`: the tensor scale in scope).
+    fn quad_store_scaled(
+        &self,
+        _hs: TokenStream,
+        _sum: TokenStream,
+        _scale: TokenStream,
+        _out: TokenStream,
+    ) -> TokenStream {
+        unreachable!("quad_store_scaled without quad_ty")
+    }
     /// Lane spans (`decode::lane_chunks`): the part size in bytes that this backend gathers
     /// from separate blocks into one vector and reduces part-wise (`load_lanes`,
     /// `hsum4_lanes`, `lanes_load_f16`, `lanes_update`, `quad_first`, all with `quad_ty`);
@@ -800,6 +812,18 @@ impl Backend for X86 {
     }
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
         quote! { _mm_storeu_ps(#out, _mm_div_ps(#f, _mm_set1_ps(#scale))); }
+    }
+    fn quad_store_scaled(
+        &self,
+        hs: TokenStream,
+        sum: TokenStream,
+        scale: TokenStream,
+        out: TokenStream,
+    ) -> TokenStream {
+        quote! {{
+            let s = _mm_cvtepi32_ps(_mm_sub_epi32(#hs, _mm_set1_epi32(#sum)));
+            _mm_storeu_ps(#out, _mm_mul_ps(_mm_div_ps(s, _mm_set1_ps(#scale)), _mm_set1_ps(ws)));
+        }}
     }
     fn quad_load_f16(&self, ptrs: [TokenStream; 4]) -> TokenStream {
         // four 16-bit inserts and one vcvtph2ps (the same conversion as `load_f16`, lane-wise)

@@ -216,6 +216,18 @@ impl Backend for Neon {
     fn quad_store(&self, f: &Ident, scale: TokenStream, out: TokenStream) -> TokenStream {
         quote! { vst1q_f32(#out, vdivq_f32(#f, vdupq_n_f32(#scale))); }
     }
+    fn quad_store_scaled(
+        &self,
+        hs: TokenStream,
+        sum: TokenStream,
+        scale: TokenStream,
+        out: TokenStream,
+    ) -> TokenStream {
+        quote! {{
+            let s = vcvtq_f32_s32(vsubq_s32(#hs, vdupq_n_s32(#sum)));
+            vst1q_f32(#out, vmulq_f32(vdivq_f32(s, vdupq_n_f32(#scale)), vdupq_n_f32(ws)));
+        }}
+    }
     fn load_f16(&self, ptr: TokenStream) -> TokenStream {
         // `fcvt Sd, Hn` is base ARMv8 floating point (FEAT_FP16 only adds f16 arithmetic) and
         // converts exactly (subnormals, infinities; NaNs quieted as `half` does). The stable

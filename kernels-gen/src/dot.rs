@@ -1255,7 +1255,44 @@ fn gen_tile(
             .as_ref()
             .map(|t| span_dots(b, t, r, c, false, split, far));
         let spans = span_loops(spec, plan, main, merge, tail);
-        let stores = (0..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
+        // four rows at a time where the ISA has 4-lane vectors: one 4-way horizontal sum
+        // and the output formula lane-wise (same operations, same roundings, as one row's)
+        let quads = if b.quad_ty().is_some() { r / 4 } else { 0 };
+        let quad_stores = (0..quads)
+            .flat_map(|g| (0..c).map(move |j| (g, j)))
+            .map(|(g, j)| {
+                let accs: [TokenStream; 4] = core::array::from_fn(|i| {
+                    let a = format_ident!("acc{}_{}", 4 * g + i, j);
+                    quote! { #a }
+                });
+                let hs = b.hsum4(accs);
+                let (rl, jl) = (lit(4 * g), lit(j));
+                let sum = quote! { *acts.sum.get_unchecked(col + #jl) };
+                let scale = quote! { *acts.scale.get_unchecked(col + #jl) };
+                let direct = b.quad_store_scaled(
+                    quote! { hs },
+                    sum.clone(),
+                    scale.clone(),
+                    quote! { out.add((col + #jl) * n + row + #rl) },
+                );
+                let staged =
+                    b.quad_store_scaled(quote! { hs }, sum, scale, quote! { t.as_mut_ptr() });
+                // rows `rs` apart (the GEMV's parallel streams): the four lanes stored one
+                // by one
+                quote! {{
+                    let hs = #hs;
+                    if rs == 1 {
+                        #direct
+                    } else {
+                        let mut t = [0f32; 4];
+                        #staged
+                        for (i, v) in t.iter().enumerate() {
+                            *out.add((col + #jl) * n + row + (#rl + i) * rs) = *v;
+                        }
+                    }
+                }}
+            });
+        let stores = (4 * quads..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
             let acc = format_ident!("acc{}_{}", i, j);
             let h = b.hsum(quote! { #acc });
             let (il, jl) = (lit(i), lit(j));
@@ -1264,6 +1301,7 @@ fn gen_tile(
                 *out.add((col + #jl) * n + row + #il * rs) = s as f32 / *acts.scale.get_unchecked(col + #jl) * ws;
             }
         });
+        let stores = quad_stores.chain(stores);
         quote! {
             #(let mut #accs: #vt = #zero;)*
             #spans
