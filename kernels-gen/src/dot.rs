@@ -137,6 +137,27 @@ fn lit(v: usize) -> Literal {
     Literal::usize_unsuffixed(v)
 }
 
+/// The four outputs of weight rows `row + r0 + i * rs` (`i < 4`) and activation row
+/// `col + j`, written by `store(ptr)` (a four-lane store at `ptr`): straight into `out`
+/// where the rows are adjacent (`rs == 1`), else staged and stored lane by lane (rows `rs`
+/// apart: the GEMV's parallel streams).
+fn quad_out(r0: usize, j: usize, store: impl Fn(TokenStream) -> TokenStream) -> TokenStream {
+    let (rl, jl) = (lit(r0), lit(j));
+    let direct = store(quote! { out.add((col + #jl) * n + row + #rl) });
+    let staged = store(quote! { t.as_mut_ptr() });
+    quote! {
+        if rs == 1 {
+            #direct
+        } else {
+            let mut t = [0f32; 4];
+            #staged
+            for (i, v) in t.iter().enumerate() {
+                *out.add((col + #jl) * n + row + (#rl + i) * rs) = *v;
+            }
+        }
+    }
+}
+
 /// The weight load of a chunk: `bytes` bytes at `ptr`, broadcast to the vector when the chunk
 /// spreads one group (`CodeOp::Spread2`).
 fn load_weights(b: &dyn Backend, ch: &Chunk, ptr: TokenStream) -> TokenStream {
@@ -1162,27 +1183,9 @@ fn gen_tile(
             .flat_map(|g| (0..c).map(move |j| (g, j)))
             .map(|(g, j)| {
                 let f = fq(g, j);
-                let (rl, jl) = (lit(4 * g), lit(j));
+                let jl = lit(j);
                 let scale = quote! { *acts.scale.get_unchecked(col + #jl) };
-                let direct = b.quad_store(
-                    &f,
-                    scale.clone(),
-                    quote! { out.add((col + #jl) * n + row + #rl) },
-                );
-                let staged = b.quad_store(&f, scale, quote! { t.as_mut_ptr() });
-                // rows `rs` apart (the GEMV's parallel streams): the four lanes stored one
-                // by one
-                quote! {
-                    if rs == 1 {
-                        #direct
-                    } else {
-                        let mut t = [0f32; 4];
-                        #staged
-                        for (i, v) in t.iter().enumerate() {
-                            *out.add((col + #jl) * n + row + (#rl + i) * rs) = *v;
-                        }
-                    }
-                }
+                quad_out(4 * g, j, |to| b.quad_store(&f, scale.clone(), to))
             });
         let lanes = plan.lanes.then(|| {
             let flush =
@@ -1266,30 +1269,15 @@ fn gen_tile(
                     quote! { #a }
                 });
                 let hs = b.hsum4(accs);
-                let (rl, jl) = (lit(4 * g), lit(j));
+                let jl = lit(j);
                 let sum = quote! { *acts.sum.get_unchecked(col + #jl) };
                 let scale = quote! { *acts.scale.get_unchecked(col + #jl) };
-                let direct = b.quad_store_scaled(
-                    quote! { hs },
-                    sum.clone(),
-                    scale.clone(),
-                    quote! { out.add((col + #jl) * n + row + #rl) },
-                );
-                let staged =
-                    b.quad_store_scaled(quote! { hs }, sum, scale, quote! { t.as_mut_ptr() });
-                // rows `rs` apart (the GEMV's parallel streams): the four lanes stored one
-                // by one
+                let out = quad_out(4 * g, j, |to| {
+                    b.quad_store_scaled(quote! { hs }, sum.clone(), scale.clone(), to)
+                });
                 quote! {{
                     let hs = #hs;
-                    if rs == 1 {
-                        #direct
-                    } else {
-                        let mut t = [0f32; 4];
-                        #staged
-                        for (i, v) in t.iter().enumerate() {
-                            *out.add((col + #jl) * n + row + (#rl + i) * rs) = *v;
-                        }
-                    }
+                    #out
                 }}
             });
         let stores = (4 * quads..r).flat_map(|i| (0..c).map(move |j| (i, j))).map(|(i, j)| {
