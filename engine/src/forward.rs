@@ -6,6 +6,7 @@
 //! Final RMSNorm·output_norm and the (tied) LM head. A prompt of `m` tokens runs as one batch
 //! (GEMM kernels); decoding runs `m = 1` (GEMV kernels).
 
+use crate::kv::{with_spans, KvRows, KvType};
 use crate::model::{FfnAct, Linear, Model};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -227,7 +228,7 @@ const PREFETCH_ROWS: usize = 16;
 /// Hint the cache lines of `x[at..at + len]` into L1 (no-op past the end of `x`, and on
 /// targets without a stable prefetch).
 #[inline(always)]
-fn prefetch_lanes(x: &[f32], at: usize, len: usize) {
+fn prefetch_lanes<T>(x: &[T], at: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     if at < x.len() {
         let end = (at + len).min(x.len());
@@ -240,7 +241,8 @@ fn prefetch_lanes(x: &[f32], at: usize, len: usize) {
                     std::arch::x86_64::_MM_HINT_T0,
                 )
             };
-            i += 16;
+            // one cache line
+            i += (64 / std::mem::size_of::<T>()).max(1);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -384,6 +386,51 @@ fn attend_with<const L: usize>(
     }
 }
 
+/// The partial attention over an f16 cache's rows (as [`AttendFn`], K and V in f16).
+pub type AttendF16Fn = fn(&[f32], &[half::f16], &[half::f16], f32, &mut [f32], &mut [(f32, f32)]);
+
+/// The f16-cache kernel of this CPU, where it has one: the AVX-512 loops widen the rows as
+/// they load them. Elsewhere `None`: the rows are widened into f32 buffers for
+/// [`attention_kernel`].
+pub fn attention_kernel_f16() -> Option<AttendF16Fn> {
+    static PICK: std::sync::OnceLock<Option<AttendF16Fn>> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(|q, k, v, s, o, st| {
+                // SAFETY: selected only when AVX-512F is detected.
+                if unsafe { avx512::attend(q, k, v, s, o, st) }.is_none() {
+                    // head sizes the AVX-512 loops decline: widened rows, portable kernel
+                    crate::kv::with_widened(k, v, |k, v| attention_kernel()(q, k, v, s, o, st));
+                }
+            });
+        }
+        None
+    })
+}
+
+/// The partial attention (see [`AttendFn`]) of query group `q` over values `r` of the caches
+/// `k` and `v`, with the kernel for their element type (`f16`: the f16 kernel, or `None` to
+/// widen the rows for the f32 one).
+#[allow(clippy::too_many_arguments)]
+fn attend_rows(
+    f16: Option<AttendF16Fn>,
+    q: &[f32],
+    k: &KvRows,
+    v: &KvRows,
+    r: std::ops::Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+    stats: &mut [(f32, f32)],
+) {
+    match (k, v, f16) {
+        (KvRows::F16(k), KvRows::F16(v), Some(f)) => f(q, &k[r.clone()], &v[r], scale, out, stats),
+        _ => with_spans(k, v, r, |k, v| {
+            attention_kernel()(q, k, v, scale, out, stats)
+        }),
+    }
+}
+
 /// Combine the partial attentions of one head over consecutive spans (see [`AttendFn`]) into
 /// `softmax(q · Kᵀ · scale) · V` over all of them.
 pub fn combine_spans(parts: &[(&[f32], (f32, f32))], out: &mut [f32]) {
@@ -418,8 +465,8 @@ pub fn combine_spans(parts: &[(&[f32], (f32, f32))], out: &mut [f32]) {
 /// token's.
 pub struct AttnBatch<'a> {
     pub q: &'a [f32],
-    pub kc: &'a [Vec<f32>],
-    pub vc: &'a [Vec<f32>],
+    pub kc: &'a [KvRows],
+    pub vc: &'a [KvRows],
     pub pos0: usize,
     pub m: usize,
     pub n_head: usize,
@@ -438,35 +485,52 @@ pub fn attention(b: &AttnBatch<'_>) -> Vec<f32> {
         .div_ceil(b.m * b.kc.len())
         .min((b.pos0 + b.m) / 64)
         .max(1);
-    attention_in_spans(b, spans)
+    attention_in_spans(b, spans, attention_kernel_f16())
 }
 
 /// [`attention`] with each token's positions cut into `spans` pieces.
-fn attention_in_spans(b: &AttnBatch<'_>, spans: usize) -> Vec<f32> {
+fn attention_in_spans(b: &AttnBatch<'_>, spans: usize, f16: Option<AttendF16Fn>) -> Vec<f32> {
     let (q, kc, vc, pos0, m) = (b.q, b.kc, b.vc, b.pos0, b.m);
     let (nh, hd) = (b.n_head, b.head_dim);
     let nkv = kc.len();
     let (g, d) = (nh / nkv, nh * hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    let attend = attention_kernel();
     let mut att = vec![0f32; m * d];
     // the query group of token t and KV head kvh, and that token's positions
     let group = |t: usize, kvh: usize| &q[t * d + kvh * g * hd..t * d + (kvh + 1) * g * hd];
     if spans == 1 {
+        // without an f16 kernel, an f16 cache is widened once per KV head for all tokens
+        // of the batch (not once per token)
+        let native = f16.is_some() || kc.iter().chain(vc).all(|r| r.kv_type() == KvType::F32);
+        let all = (pos0 + m) * hd;
+        let widened =
+            (!native).then(|| (crate::kv::prefixes(kc, all), crate::kv::prefixes(vc, all)));
         att.par_chunks_mut(g * hd)
             .enumerate()
             .for_each(|(idx, out)| {
                 let (t, kvh) = (idx / nkv, idx % nkv);
                 let n = pos0 + t + 1;
                 let mut stats = vec![(0f32, 0f32); g];
-                attend(
-                    group(t, kvh),
-                    &kc[kvh][..n * hd],
-                    &vc[kvh][..n * hd],
-                    scale,
-                    out,
-                    &mut stats,
-                );
+                match &widened {
+                    Some((kw, vw)) => attention_kernel()(
+                        group(t, kvh),
+                        &kw[kvh][..n * hd],
+                        &vw[kvh][..n * hd],
+                        scale,
+                        out,
+                        &mut stats,
+                    ),
+                    None => attend_rows(
+                        f16,
+                        group(t, kvh),
+                        &kc[kvh],
+                        &vc[kvh],
+                        0..n * hd,
+                        scale,
+                        out,
+                        &mut stats,
+                    ),
+                }
                 for (o, (_, l)) in out.chunks_exact_mut(hd).zip(&stats) {
                     let inv = 1.0 / l;
                     o.iter_mut().for_each(|x| *x *= inv);
@@ -490,8 +554,16 @@ fn attention_in_spans(b: &AttnBatch<'_>, spans: usize) -> Vec<f32> {
             let (t, kvh) = (tk / nkv, tk % nkv);
             let (p0, p1) = span(t, s);
             if p0 < p1 {
-                let (k, v) = (&kc[kvh][p0 * hd..p1 * hd], &vc[kvh][p0 * hd..p1 * hd]);
-                attend(group(t, kvh), k, v, scale, out, st);
+                attend_rows(
+                    f16,
+                    group(t, kvh),
+                    &kc[kvh],
+                    &vc[kvh],
+                    p0 * hd..p1 * hd,
+                    scale,
+                    out,
+                    st,
+                );
             }
             // an empty span keeps (-inf, 0) and zeros: weight 0 in the merge
         });
@@ -577,8 +649,8 @@ pub struct Session<'m, 'a> {
     /// KV cache, head-major: entry `layer * n_head_kv + kv_head` holds that head's
     /// `head_dim` values of every position in order (one contiguous stream per head for the
     /// attention loops).
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
+    k_cache: Vec<KvRows>,
+    v_cache: Vec<KvRows>,
     pos: usize,
     /// Kernel ids used by this session's matmuls, with call counts.
     pub kernel_calls: KernelCounts,
@@ -587,16 +659,29 @@ pub struct Session<'m, 'a> {
 }
 
 impl<'m, 'a> Session<'m, 'a> {
+    /// A session with the default (f16) KV cache.
     pub fn new(model: &'m Model<'a>) -> Self {
+        Self::with_kv(model, KvType::default())
+    }
+
+    /// A session whose KV cache holds `kv` values.
+    pub fn with_kv(model: &'m Model<'a>, kv: KvType) -> Self {
         let cfg = &model.cfg;
         Session {
             model,
-            k_cache: vec![Vec::new(); cfg.n_layer * cfg.n_head_kv],
-            v_cache: vec![Vec::new(); cfg.n_layer * cfg.n_head_kv],
+            k_cache: vec![KvRows::new(kv); cfg.n_layer * cfg.n_head_kv],
+            v_cache: vec![KvRows::new(kv); cfg.n_layer * cfg.n_head_kv],
             pos: 0,
             kernel_calls: KernelCounts::new(),
             q8_head: None,
         }
+    }
+
+    /// Element type of the KV cache.
+    pub fn kv_type(&self) -> KvType {
+        self.k_cache
+            .first()
+            .map_or(KvType::default(), KvRows::kv_type)
     }
 
     /// Tokens processed so far.
@@ -607,8 +692,8 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Forget the context.
     pub fn reset(&mut self) {
         self.pos = 0;
-        self.k_cache.iter_mut().for_each(Vec::clear);
-        self.v_cache.iter_mut().for_each(Vec::clear);
+        self.k_cache.iter_mut().for_each(KvRows::clear);
+        self.v_cache.iter_mut().for_each(KvRows::clear);
     }
 
     /// `y = x · Wᵀ` for the rows of `x` (`m × k`) with one activation quantization shared
@@ -721,8 +806,8 @@ impl<'m, 'a> Session<'m, 'a> {
                     .enumerate()
                 {
                     let at = t * kvd + kvh * hd;
-                    kc.extend_from_slice(&k[at..at + hd]);
-                    vc.extend_from_slice(&v[at..at + hd]);
+                    kc.extend(&k[at..at + hd]);
+                    vc.extend(&v[at..at + hd]);
                 }
             }
             let (kc, vc) = (&self.k_cache[heads.clone()], &self.v_cache[heads]);
@@ -832,11 +917,17 @@ mod tests {
             .collect()
     }
 
-    /// Causal GQA attention in f64, straight from the definition: per token and KV head,
-    /// the partial attention of its query group over positions `0..=` its own, normalised.
+    /// Causal GQA attention in f64, straight from the definition (over the values the
+    /// caches hold): per token and KV head, the partial attention of its query group over
+    /// positions `0..=` its own, normalised.
     fn attention_f64(b: &AttnBatch<'_>) -> Vec<f64> {
-        let (q, kc, vc, pos0, m) = (b.q, b.kc, b.vc, b.pos0, b.m);
+        let (q, pos0, m) = (b.q, b.pos0, b.m);
         let (nh, hd) = (b.n_head, b.head_dim);
+        let all = (pos0 + m) * hd;
+        let (kc, vc) = (
+            crate::kv::prefixes(b.kc, all),
+            crate::kv::prefixes(b.vc, all),
+        );
         let g = nh / kc.len();
         let mut out = vec![0f64; m * nh * hd];
         for t in 0..m {
@@ -857,7 +948,8 @@ mod tests {
     }
 
     /// The grouped, span-split attention (every head-block width, spans merged, a head size
-    /// with a remainder) against the f64 definition; batch and single-token shapes.
+    /// with a remainder) against the f64 definition; batch and single-token shapes; f32
+    /// and f16 caches.
     #[test]
     fn attention_matches_the_definition() {
         let mut rnd = uniform(7);
@@ -872,37 +964,53 @@ mod tests {
             (4, 4, 8, 0, 40),
         ] {
             let n = pos0 + m;
-            let kc: Vec<Vec<f32>> = (0..nkv)
+            let kf: Vec<Vec<f32>> = (0..nkv)
                 .map(|_| (0..n * hd).map(|_| rnd(3.0)).collect())
                 .collect();
-            let vc: Vec<Vec<f32>> = (0..nkv)
+            let vf: Vec<Vec<f32>> = (0..nkv)
                 .map(|_| (0..n * hd).map(|_| rnd(1.0)).collect())
                 .collect();
             let q: Vec<f32> = (0..m * nh * hd).map(|_| rnd(3.0)).collect();
-            let b = AttnBatch {
-                q: &q,
-                kc: &kc,
-                vc: &vc,
-                pos0,
-                m,
-                n_head: nh,
-                head_dim: hd,
-            };
-            let want = attention_f64(&b);
-            // spans beyond a token's positions leave empty pieces
-            for spans in [1, 2, 3, 7] {
-                let got = attention_in_spans(&b, spans);
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (*a as f64 - b).abs())
-                    .fold(0f64, f64::max);
-                assert!(
+            for kv in [KvType::F32, KvType::F16] {
+                let rows = |c: &[Vec<f32>]| -> Vec<KvRows> {
+                    c.iter()
+                        .map(|x| {
+                            let mut r = KvRows::new(kv);
+                            r.extend(x);
+                            r
+                        })
+                        .collect()
+                };
+                let (kc, vc) = (rows(&kf), rows(&vf));
+                let b = AttnBatch {
+                    q: &q,
+                    kc: &kc,
+                    vc: &vc,
+                    pos0,
+                    m,
+                    n_head: nh,
+                    head_dim: hd,
+                };
+                let want = attention_f64(&b);
+                // spans beyond a token's positions leave empty pieces
+                for spans in [1, 2, 3, 7] {
+                    // the f16 kernel where this CPU has one, and the widened rows
+                    for f16 in [attention_kernel_f16(), None] {
+                        let got = attention_in_spans(&b, spans, f16);
+                        let err = got
+                            .iter()
+                            .zip(&want)
+                            .map(|(a, b)| (*a as f64 - b).abs())
+                            .fold(0f64, f64::max);
+                        assert!(
                     err < 1e-5,
-                    "nh {nh} nkv {nkv} hd {hd} pos0 {pos0} m {m} spans {spans}: max error {err}"
+                    "{kv} nh {nh} nkv {nkv} hd {hd} pos0 {pos0} m {m} spans {spans} f16 kernel {}: max error {err}",
+                    f16.is_some()
                 );
+                    }
+                }
+                assert_eq!(attention(&b).len(), want.len());
             }
-            assert_eq!(attention(&b).len(), want.len());
         }
     }
 

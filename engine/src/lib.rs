@@ -6,6 +6,7 @@ pub mod convert;
 pub mod forward;
 pub mod generate;
 pub mod gguf;
+pub mod kv;
 pub mod lm_head;
 pub mod model;
 pub mod sample;

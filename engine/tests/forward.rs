@@ -5,6 +5,7 @@ use ternforge::{reference, Format};
 use ternforge_engine::forward::{ForwardError, Session};
 use ternforge_engine::generate::{generate, FinishReason, GenerateParams};
 use ternforge_engine::gguf::Gguf;
+use ternforge_engine::kv::KvType;
 use ternforge_engine::model::{self, Model};
 use ternforge_engine::sample::SamplerConfig;
 use ternforge_engine::synth::{synthesize, Shape};
@@ -42,8 +43,9 @@ fn tokenizer<D: AsRef<[u8]>>(g: &Gguf<D>) -> Tokenizer {
 }
 
 /// Straightforward f64 forward pass over dequantized ternary weights with the same int8
-/// per-token activation quantization as the kernels.
-fn reference_logits(m: &Model<'_>, tokens: &[u32]) -> Vec<f64> {
+/// per-token activation quantization as the kernels, and K and V stored at the cache's
+/// precision (`kv`: rounded to f16, or to f32, as the engine's cache holds them).
+fn reference_logits(m: &Model<'_>, tokens: &[u32], kv: KvType) -> Vec<f64> {
     let c = &m.cfg;
     let (d, hd, nh, nkv) = (c.n_embd, c.head_dim, c.n_head, c.n_head_kv);
     let _kvd = nkv * hd;
@@ -111,8 +113,16 @@ fn reference_logits(m: &Model<'_>, tokens: &[u32]) -> Vec<f64> {
             let v = matmul(&h, &w[2]);
             rope(&mut q, nh, pos);
             rope(&mut k, nkv, pos);
-            kc[li].push(k);
-            vc[li].push(v);
+            let stored = |x: Vec<f64>| -> Vec<f64> {
+                x.into_iter()
+                    .map(|a| match kv {
+                        KvType::F16 => half::f16::from_f64(a).to_f64(),
+                        KvType::F32 => a as f32 as f64,
+                    })
+                    .collect()
+            };
+            kc[li].push(stored(k));
+            vc[li].push(stored(v));
             let mut att = vec![0f64; d];
             for head in 0..nh {
                 let kvh = head / (nh / nkv);
@@ -161,16 +171,21 @@ fn reference_logits(m: &Model<'_>, tokens: &[u32]) -> Vec<f64> {
 #[test]
 fn logits_match_an_independent_f64_forward() {
     let prompt = [256u32, 72, 101, 108, 108, 111, 32, 119];
-    for f in FORMATS {
+    for (f, kv) in FORMATS
+        .into_iter()
+        .map(|f| (f, KvType::F16))
+        .chain([(Format::I2S, KvType::F32), (Format::TL2, KvType::F32)])
+    {
         let bytes = synthesize(Shape::TINY, f, 11).unwrap();
         let g = load(&bytes);
         let m = Model::load(&g).unwrap();
         // prefill as one batch, then one decode step: both paths are compared
-        let mut s = Session::new(&m);
+        let mut s = Session::with_kv(&m, kv);
+        assert_eq!(s.kv_type(), kv);
         let got_prefill = s.forward(&prompt[..6]).unwrap();
         let got = s.forward(&prompt[6..]).unwrap();
-        let want_prefill = reference_logits(&m, &prompt[..6]);
-        let want = reference_logits(&m, &prompt);
+        let want_prefill = reference_logits(&m, &prompt[..6], kv);
+        let want = reference_logits(&m, &prompt, kv);
         for (got, want) in [(got_prefill, want_prefill), (got, want)] {
             let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
             let err = got
@@ -181,7 +196,7 @@ fn logits_match_an_independent_f64_forward() {
             // f32 vs f64 arithmetic; an int8 activation may round differently near .5
             assert!(
                 err <= 2e-2 * scale,
-                "{}: max |logit error| {err} vs scale {scale}",
+                "{} {kv}: max |logit error| {err} vs scale {scale}",
                 f.name()
             );
             assert_eq!(
@@ -189,7 +204,7 @@ fn logits_match_an_independent_f64_forward() {
                 want.iter()
                     .enumerate()
                     .fold(0, |b, (i, v)| if *v > want[b] { i } else { b }) as u32,
-                "{}: argmax differs",
+                "{} {kv}: argmax differs",
                 f.name()
             );
         }

@@ -42,6 +42,9 @@ pub struct DecodeArgs {
     /// LM head: `f16` (the file's tensor) or `q8` (int8 copy built at load).
     #[arg(long, default_value = "f16")]
     pub lm_head: String,
+    /// KV cache element type: `f16` (half the bytes per cached position) or `f32`.
+    #[arg(long, default_value = "f16", value_parser = super::parse_kv)]
+    pub kv_cache: ternforge_engine::kv::KvType,
 }
 
 #[derive(Serialize)]
@@ -52,6 +55,7 @@ struct Report {
     architecture: String,
     formats: Vec<String>,
     lm_head: String,
+    kv_cache: String,
     weight_bytes_per_token: usize,
     lm_head_bytes_per_token: usize,
     kv_bytes_per_token_mean: f64,
@@ -101,7 +105,7 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
         )
         .into());
     }
-    let mut s = Session::new(&m);
+    let mut s = Session::with_kv(&m, a.kv_cache);
     let head_bytes = match a.lm_head.as_str() {
         "f16" => cfg.vocab * m.lm_head().row_bytes(cfg.n_embd),
         "q8" => {
@@ -171,7 +175,7 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
     let bw = bw_before.max(bw_mid).max(bw_after);
 
     // KV cache read per decoded token: K and V of every layer for every position so far
-    let kv_per_pos = (cfg.n_layer * 2 * cfg.kv_dim() * 4) as f64;
+    let kv_per_pos = (cfg.n_layer * 2 * cfg.kv_dim() * a.kv_cache.bytes()) as f64;
     let mean_pos = a.prompt_tokens as f64 + (a.tokens as f64 + 1.0) / 2.0;
     let kv_bytes = kv_per_pos * mean_pos;
     let bw_bytes = bw * 1e9;
@@ -193,6 +197,7 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
         architecture: cfg.arch.clone(),
         formats,
         lm_head: a.lm_head.clone(),
+        kv_cache: a.kv_cache.name().into(),
         weight_bytes_per_token: weight_bytes,
         lm_head_bytes_per_token: head_bytes,
         kv_bytes_per_token_mean: kv_bytes,
@@ -228,10 +233,11 @@ pub fn run(a: &DecodeArgs, json: bool, quick: bool) -> Result<(), Error> {
         r.dram_read_gbs, r.threads
     );
     println!(
-        "bytes read per token: {:.0} MB ternary + {:.0} MB LM head + {:.0} MB KV (mean) -> floor {:.2} tok/s",
+        "bytes read per token: {:.0} MB ternary + {:.0} MB LM head + {:.0} MB {} KV (mean) -> floor {:.2} tok/s",
         mb(weight_bytes as f64),
         mb(head_bytes as f64),
         mb(kv_bytes),
+        r.kv_cache,
         r.floor_tokens_per_second
     );
     println!(

@@ -31,6 +31,9 @@ pub struct Args {
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// KV cache element type: `f16` (half the bytes per cached position) or `f32`.
+    #[arg(long, default_value = "f16", value_parser = super::parse_kv)]
+    pub kv_cache: ternforge_engine::kv::KvType,
 }
 
 pub fn run(a: Args) -> Result<(), Error> {
@@ -55,7 +58,7 @@ pub fn run(a: Args) -> Result<(), Error> {
         .iter()
         .map(|s| ChatMessage::new("system", s))
         .collect();
-    let mut session = Session::new(&m);
+    let mut session = Session::with_kv(&m, a.kv_cache);
     // tokens already in the KV cache
     let mut cached: Vec<u32> = Vec::new();
     eprintln!(

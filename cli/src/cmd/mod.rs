@@ -11,6 +11,12 @@ pub mod run;
 pub mod serve;
 pub mod synth;
 
+/// `--kv-cache` values (`f16`, `f32`).
+pub fn parse_kv(s: &str) -> Result<ternforge_engine::kv::KvType, String> {
+    ternforge_engine::kv::KvType::parse(s)
+        .ok_or_else(|| format!("unknown KV cache type {s:?} (f16, f32)"))
+}
+
 /// Error type of the subcommands.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -28,6 +28,10 @@ pub struct Receipt {
     pub compiled_isas: String,
     pub build_features: String,
     pub threads: usize,
+    /// KV cache element type (`f16`, `f32`); empty in receipts written before it was
+    /// recorded.
+    #[serde(default)]
+    pub kv_cache: String,
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub finish_reason: String,

@@ -55,6 +55,9 @@ pub struct Args {
     /// the bytes per token).
     #[arg(long, default_value = "f16")]
     pub lm_head: String,
+    /// KV cache element type: `f16` (half the bytes per cached position) or `f32`.
+    #[arg(long, default_value = "f16", value_parser = super::parse_kv)]
+    pub kv_cache: ternforge_engine::kv::KvType,
     /// Write a JSON receipt (model hash, formats, kernels, CPU, timings) to this file.
     #[arg(long)]
     pub receipt: Option<std::path::PathBuf>,
@@ -99,7 +102,7 @@ pub fn run(a: Args) -> Result<(), Error> {
         stop_ids,
         stop_strings: a.stop.clone(),
     };
-    let mut s = Session::new(&m);
+    let mut s = Session::with_kv(&m, a.kv_cache);
     match a.lm_head.as_str() {
         "f16" => {}
         "q8" => {
@@ -146,6 +149,7 @@ pub fn run(a: Args) -> Result<(), Error> {
             compiled_isas: ternforge::COMPILED_ISAS.into(),
             build_features: ternforge::BUILD_FEATURES.into(),
             threads: rayon::current_num_threads(),
+            kv_cache: s.kv_type().name().into(),
             prompt_tokens: g.prompt_tokens,
             generated_tokens: g.tokens.len(),
             finish_reason: format!("{:?}", g.finish),

@@ -7,9 +7,36 @@
 //! positions at a time (each key piece loaded once for all heads, each query piece once for
 //! the four positions, four sums reduced by one shuffle tree), the softmax 16 lanes per
 //! instruction, and the weighted values of four heads from one load of each value.
+//! Generic over the cache's element type ([`Elem`]): f16 rows are widened as they are
+//! loaded (`vcvtph2ps`), so an f16 cache streams half the bytes through the same loops.
 
-use super::{dot_avx512, prefetch_lanes, PREFETCH_ROWS};
+use super::{prefetch_lanes, PREFETCH_ROWS};
+use half::f16;
 use std::arch::x86_64::*;
+
+/// An element type of the KV cache the AVX-512 loops read.
+pub(super) trait Elem: Copy {
+    /// The 16 values at `p` as f32 lanes (exact).
+    ///
+    /// # Safety
+    /// AVX-512F; `p` is valid for reads of 16 values.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        // f16 is a plain 2-byte value (half's layout); the widening is exact
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+}
 
 /// The AVX-512 partial attention, or `None` where the shapes are not its (head size not a
 /// multiple of 16, inconsistent lengths): the caller then runs the portable one.
@@ -17,10 +44,10 @@ use std::arch::x86_64::*;
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn attend(
+pub(super) unsafe fn attend<E: Elem>(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     scale: f32,
     out: &mut [f32],
     stats: &mut [(f32, f32)],
@@ -58,11 +85,11 @@ pub(super) unsafe fn attend(
     while h + 4 <= g {
         let ws = [0, 1, 2, 3].map(|j| wp.add((h + j) * n));
         let os = [0, 1, 2, 3].map(|j| op.add((h + j) * hd));
-        weighted_heads::<4>(ws, vp, hd, n, os);
+        weighted_heads::<E, 4>(ws, vp, hd, n, os);
         h += 4;
     }
     while h < g {
-        weighted_heads::<1>([wp.add(h * n)], vp, hd, n, [op.add(h * hd)]);
+        weighted_heads::<E, 1>([wp.add(h * n)], vp, hd, n, [op.add(h * hd)]);
         h += 1;
     }
     Some(())
@@ -78,10 +105,10 @@ pub(super) unsafe fn attend(
 /// `hd % 16 == 0`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn scores(
+unsafe fn scores<E: Elem>(
     q: *const f32,
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     hd: usize,
     n: usize,
     g: usize,
@@ -130,11 +157,15 @@ unsafe fn scores(
     }
     // the last positions (fewer than four) one dot at a time
     while p < n {
-        let kr = &k[p * hd..(p + 1) * hd];
+        let kr = kp.add(p * hd);
         for h in 0..g {
-            // SAFETY: head h's query is q[h * hd..(h + 1) * hd] (q holds g * hd values).
-            let qh = std::slice::from_raw_parts(q.add(h * hd), hd);
-            *w.add(h * n + p) = dot_avx512(qh, kr) * scale;
+            let mut a = _mm512_setzero_ps();
+            let mut c = 0;
+            while c < hd {
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(h * hd + c)), E::load16(kr.add(c)), a);
+                c += 16;
+            }
+            *w.add(h * n + p) = _mm512_reduce_add_ps(a) * scale;
         }
         p += 1;
     }
@@ -147,15 +178,15 @@ unsafe fn scores(
 /// AVX-512F; `q` points to `4 * hd` values, each `k[r]` to `hd`; `hd % 16 == 0`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn dots_4x4(q: *const f32, hd: usize, k: [*const f32; 4]) -> [[__m512; 4]; 4] {
+unsafe fn dots_4x4<E: Elem>(q: *const f32, hd: usize, k: [*const E; 4]) -> [[__m512; 4]; 4] {
     let mut acc = [[_mm512_setzero_ps(); 4]; 4];
     let mut c = 0;
     while c < hd {
         let kv = [
-            _mm512_loadu_ps(k[0].add(c)),
-            _mm512_loadu_ps(k[1].add(c)),
-            _mm512_loadu_ps(k[2].add(c)),
-            _mm512_loadu_ps(k[3].add(c)),
+            E::load16(k[0].add(c)),
+            E::load16(k[1].add(c)),
+            E::load16(k[2].add(c)),
+            E::load16(k[3].add(c)),
         ];
         for j in 0..4 {
             let qv = _mm512_loadu_ps(q.add(j * hd + c));
@@ -174,13 +205,13 @@ unsafe fn dots_4x4(q: *const f32, hd: usize, k: [*const f32; 4]) -> [[__m512; 4]
 /// AVX-512F; `q` points to `hd` values, each `k[r]` to `hd`; `hd % 16 == 0`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn dots_1x4(q: *const f32, hd: usize, k: [*const f32; 4]) -> [__m512; 4] {
+unsafe fn dots_1x4<E: Elem>(q: *const f32, hd: usize, k: [*const E; 4]) -> [__m512; 4] {
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut c = 0;
     while c < hd {
         let qv = _mm512_loadu_ps(q.add(c));
         for (a, kr) in acc.iter_mut().zip(&k) {
-            *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kr.add(c)), *a);
+            *a = _mm512_fmadd_ps(qv, E::load16(kr.add(c)), *a);
         }
         c += 16;
     }
@@ -298,9 +329,9 @@ unsafe fn exp_neg16(x: __m512) -> __m512 {
 /// AVX-512F; `w[h]` points to `n` weights, `v` to `n * hd` values, `out[h]` to `hd`;
 /// `hd % 16 == 0`.
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_heads<const H: usize>(
+unsafe fn weighted_heads<E: Elem, const H: usize>(
     w: [*const f32; H],
-    v: *const f32,
+    v: *const E,
     hd: usize,
     n: usize,
     out: [*mut f32; H],
@@ -308,16 +339,16 @@ unsafe fn weighted_heads<const H: usize>(
     let mut c0 = 0;
     if H == 1 {
         while c0 + 128 <= hd {
-            weighted_block::<H, 8>(w, v, hd, n, c0, out);
+            weighted_block::<E, H, 8>(w, v, hd, n, c0, out);
             c0 += 128;
         }
     }
     while c0 + 64 <= hd {
-        weighted_block::<H, 4>(w, v, hd, n, c0, out);
+        weighted_block::<E, H, 4>(w, v, hd, n, c0, out);
         c0 += 64;
     }
     while c0 < hd {
-        weighted_block::<H, 1>(w, v, hd, n, c0, out);
+        weighted_block::<E, H, 1>(w, v, hd, n, c0, out);
         c0 += 16;
     }
 }
@@ -326,9 +357,9 @@ unsafe fn weighted_heads<const H: usize>(
 /// element the terms are added in position order.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn weighted_block<const H: usize, const C: usize>(
+unsafe fn weighted_block<E: Elem, const H: usize, const C: usize>(
     w: [*const f32; H],
-    v: *const f32,
+    v: *const E,
     hd: usize,
     n: usize,
     c0: usize,
@@ -339,7 +370,7 @@ unsafe fn weighted_block<const H: usize, const C: usize>(
         let row = v.add(p * hd + c0);
         let mut vr = [_mm512_setzero_ps(); C];
         for (c, r) in vr.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(row.add(16 * c));
+            *r = E::load16(row.add(16 * c));
         }
         for (a, wh) in acc.iter_mut().zip(&w) {
             let b = _mm512_set1_ps(*wh.add(p));
@@ -358,6 +389,7 @@ unsafe fn weighted_block<const H: usize, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::super::tests::{partial_f64, uniform};
+    use half::f16;
 
     /// Every head-group width (4s and leftovers), position count (four-row blocks and
     /// leftovers, fewer than the prefetch distance) and head size (128-, 64- and 16-lane
@@ -386,30 +418,48 @@ mod tests {
             let k: Vec<f32> = (0..n * hd).map(|_| rnd(2.0)).collect();
             let v: Vec<f32> = (0..n * hd).map(|_| rnd(1.0)).collect();
             let scale = 1.0 / (hd as f32).sqrt();
-            let mut out = vec![0f32; g * hd];
-            let mut st = vec![(0f32, 0f32); g];
-            // SAFETY: AVX-512F detected above.
-            let done = unsafe { super::attend(&q, &k, &v, scale, &mut out, &mut st) };
-            assert!(done.is_some(), "g {g} hd {hd} n {n} declined");
-            for (h, (mx, sum, want)) in partial_f64(&q, &k, &v, g, scale as f64).iter().enumerate()
-            {
-                let what = format!("g {g} hd {hd} n {n} head {h}");
-                assert!(
-                    (st[h].0 as f64 - mx).abs() < 1e-5,
-                    "{what}: max {} vs {mx}",
-                    st[h].0
-                );
-                assert!(
-                    (st[h].1 as f64 - sum).abs() < 1e-5 * sum,
-                    "{what}: sum {} vs {sum}",
-                    st[h].1
-                );
-                for (c, w) in want.iter().enumerate() {
-                    let got = out[h * hd + c] as f64;
+            // f32 rows, then the same rows stored as f16 (against the definition over the
+            // stored values)
+            let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                k.iter().map(|&x| f16::from_f32(x)).collect(),
+                v.iter().map(|&x| f16::from_f32(x)).collect(),
+            );
+            let widened = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<f32>>();
+            let (kw, vw) = (widened(&k16), widened(&v16));
+            for elem in ["f32", "f16"] {
+                let mut out = vec![0f32; g * hd];
+                let mut st = vec![(0f32, 0f32); g];
+                // SAFETY: AVX-512F detected above.
+                let done = unsafe {
+                    if elem == "f32" {
+                        super::attend(&q, &k, &v, scale, &mut out, &mut st)
+                    } else {
+                        super::attend(&q, &k16, &v16, scale, &mut out, &mut st)
+                    }
+                };
+                assert!(done.is_some(), "{elem} g {g} hd {hd} n {n} declined");
+                let (k, v) = if elem == "f32" { (&k, &v) } else { (&kw, &vw) };
+                for (h, (mx, sum, want)) in
+                    partial_f64(&q, k, v, g, scale as f64).iter().enumerate()
+                {
+                    let what = format!("{elem} g {g} hd {hd} n {n} head {h}");
                     assert!(
-                        (got - w).abs() < 1e-5 * sum,
-                        "{what} lane {c}: {got} vs {w}"
+                        (st[h].0 as f64 - mx).abs() < 1e-5,
+                        "{what}: max {} vs {mx}",
+                        st[h].0
                     );
+                    assert!(
+                        (st[h].1 as f64 - sum).abs() < 1e-5 * sum,
+                        "{what}: sum {} vs {sum}",
+                        st[h].1
+                    );
+                    for (c, w) in want.iter().enumerate() {
+                        let got = out[h * hd + c] as f64;
+                        assert!(
+                            (got - w).abs() < 1e-5 * sum,
+                            "{what} lane {c}: {got} vs {w}"
+                        );
+                    }
                 }
             }
         }
