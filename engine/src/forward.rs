@@ -152,45 +152,8 @@ unsafe fn attend_avx512(
     // other head sizes: 64 output lanes x 4 heads, 16 zmm accumulators
     attend_with::<64>(q, k, v, scale, out, stats, |a, b| {
         // SAFETY: only reached from attend_avx512, i.e. with AVX-512F detected.
-        unsafe { dot_avx512(a, b) }
+        unsafe { avx512::dot(a, b) }
     })
-}
-
-/// `a · b` in four 16-lane FMA accumulators (AVX-512F).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (j, x) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 16 * j + 16 <= n: inside both slices.
-            *x = _mm512_fmadd_ps(
-                _mm512_loadu_ps(pa.add(i + 16 * j)),
-                _mm512_loadu_ps(pb.add(i + 16 * j)),
-                *x,
-            );
-        }
-        i += 64;
-    }
-    while i + 16 <= n {
-        acc[0] = _mm512_fmadd_ps(
-            _mm512_loadu_ps(pa.add(i)),
-            _mm512_loadu_ps(pb.add(i)),
-            acc[0],
-        );
-        i += 16;
-    }
-    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    let mut s = _mm512_reduce_add_ps(v);
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
-    }
-    s
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -112,16 +112,7 @@ impl KvRows {
     pub fn f32_span<'s>(&'s self, r: Range<usize>, buf: &'s mut Vec<f32>) -> &'s [f32] {
         match self {
             KvRows::F32(v) => &v[r],
-            KvRows::F16(v) => {
-                let src = &v[r];
-                // grown, never shrunk: no clearing of the rows about to be overwritten
-                if buf.len() < src.len() {
-                    buf.resize(src.len(), 0.0);
-                }
-                let dst = &mut buf[..src.len()];
-                widen(src, dst);
-                dst
-            }
+            KvRows::F16(v) => widened(&v[r], buf),
         }
     }
 }
@@ -155,14 +146,19 @@ pub fn with_widened<R>(k: &[f16], v: &[f16], f: impl FnOnce(&[f32], &[f32]) -> R
     SPANS.with(|b| {
         let mut b = b.borrow_mut();
         let (kb, vb) = &mut *b;
-        for (src, buf) in [(k, &mut *kb), (v, &mut *vb)] {
-            if buf.len() < src.len() {
-                buf.resize(src.len(), 0.0);
-            }
-            widen(src, &mut buf[..src.len()]);
-        }
-        f(&kb[..k.len()], &vb[..v.len()])
+        f(widened(k, kb), widened(v, vb))
     })
+}
+
+/// `src` widened into the first `src.len()` values of `buf`. The buffer is grown, never
+/// shrunk or cleared: the values about to be overwritten are not zeroed first.
+fn widened<'b>(src: &[f16], buf: &'b mut Vec<f32>) -> &'b [f32] {
+    if buf.len() < src.len() {
+        buf.resize(src.len(), 0.0);
+    }
+    let dst = &mut buf[..src.len()];
+    widen(src, dst);
+    dst
 }
 
 /// The first `n` values of every cache in `c` as f32: borrowed for f32 caches, widened

@@ -21,12 +21,18 @@ pub(super) trait Elem: Copy {
     /// # Safety
     /// AVX-512F; `p` is valid for reads of 16 values.
     unsafe fn load16(p: *const Self) -> __m512;
+    /// One value as f32 (exact).
+    fn to_f32(self) -> f32;
 }
 
 impl Elem for f32 {
     #[inline(always)]
     unsafe fn load16(p: *const f32) -> __m512 {
         _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 
@@ -36,6 +42,44 @@ impl Elem for f16 {
         // f16 is a plain 2-byte value (half's layout); the widening is exact
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// `a · b` in four 16-lane FMA accumulators.
+///
+/// # Safety
+/// AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn dot<E: Elem>(a: &[f32], b: &[E]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 64 <= n {
+        for (j, x) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16 * j + 16 <= n: inside both slices.
+            *x = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i + 16 * j)),
+                E::load16(pb.add(i + 16 * j)),
+                *x,
+            );
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), E::load16(pb.add(i)), acc[0]);
+        i += 16;
+    }
+    let v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    let mut s = _mm512_reduce_add_ps(v);
+    while i < n {
+        s += a[i] * b[i].to_f32();
+        i += 1;
+    }
+    s
 }
 
 /// The AVX-512 partial attention, or `None` where the shapes are not its (head size not a
@@ -157,15 +201,11 @@ unsafe fn scores<E: Elem>(
     }
     // the last positions (fewer than four) one dot at a time
     while p < n {
-        let kr = kp.add(p * hd);
+        let kr = &k[p * hd..(p + 1) * hd];
         for h in 0..g {
-            let mut a = _mm512_setzero_ps();
-            let mut c = 0;
-            while c < hd {
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(h * hd + c)), E::load16(kr.add(c)), a);
-                c += 16;
-            }
-            *w.add(h * n + p) = _mm512_reduce_add_ps(a) * scale;
+            // SAFETY: head h's query is q[h * hd..(h + 1) * hd] (q holds g * hd values).
+            let qh = std::slice::from_raw_parts(q.add(h * hd), hd);
+            *w.add(h * n + p) = dot(qh, kr) * scale;
         }
         p += 1;
     }
