@@ -14,8 +14,10 @@
 //!   `vpshufb` / `tbl`, interleaves them back into int16, applies the TL2 sign (xor of both
 //!   bytes with the row's sign mask gives `!e = -e - 1`; the `+1` per negative triple is
 //!   counted in a byte vector and added at the flush), accumulates in int16 for at most 64
-//!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`). The AVX-512 pair
-//!   tables are split into the low 5 bits and the rest instead, small enough to be summed in
+//!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`). AVX-512 looks TL2
+//!   triples up differently: one `vpermw` per triple and 32 rows in a signed 32-entry int16
+//!   table indexed by magnitude and sign bit (no byte split, no interleave, no sign
+//!   correction; see `avx512_signed_triples`). The AVX-512 pair tables are split into the low 5 bits and the rest instead, small enough to be summed in
 //!   bytes for `PAIR_BYTE_STEPS` steps before one interleave: the shuffle port, which every
 //!   lookup and interleave needs, is what limits these tiles.
 //! * a batch tile (`cols > 1`) reuses every loaded index vector and sign mask for `cols`
@@ -115,11 +117,12 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         _ => quote! {},
     };
     let weights = unit_weights(triples);
-    let prepare = gen_prepare(triples);
+    let signed = triples && tisa == Isa::Avx512;
+    let prepare = gen_prepare(triples, signed);
     let quantize = gen_quantize(triples, &tf);
     let dequantize = gen_dequantize(triples, &tf);
     let zip = gen_zip();
-    let flush = gen_flush(tisa, &tf);
+    let flush = gen_flush(tisa, triples, &tf);
 
     let mut cols: Vec<usize> = row
         .tiles
@@ -145,6 +148,16 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
             tiles.extend(gen_matmul(*t, row_tiles, &tf));
         }
     }
+    let not_signed = if signed {
+        quote! {}
+    } else {
+        quote! { ! }
+    };
+    let tri_area = if signed {
+        quote! { 64 * t }
+    } else {
+        quote! { area(t) }
+    };
     let flush_steps = lit(FLUSH_UNITS / 2);
     let flush_const = if tisa == Isa::Scalar {
         // the scalar tiles accumulate in i32 directly
@@ -177,6 +190,7 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
 
         // the table layout `prepare` writes is the one the runtime checks
         const _: () = assert!(GROUP == crate::reference::lut::table_group(crate::table::Isa::#isa_ident));
+        const _: () = assert!(#not_signed crate::reference::lut::signed_triple_tables(SPEC, crate::table::Isa::#isa_ident));
 
         /// The format of this module.
         const SPEC: &FormatSpec = &crate::table::#ident;
@@ -195,6 +209,13 @@ pub fn generate_row(row: &Row) -> Result<TokenStream, String> {
         #[inline]
         pub fn area(units: usize) -> usize {
             units.div_ceil(GROUP) * GROUP * 32
+        }
+
+        /// Bytes of the triple tables of `t` triples in one activation row (AVX-512: one
+        /// 64-byte signed table per triple, see `put_signed`; otherwise `area(t)`).
+        #[inline]
+        pub fn tri_area(t: usize) -> usize {
+            #tri_area
         }
 
         #prepare
@@ -245,7 +266,12 @@ fn unit_weights(triples: bool) -> TokenStream {
     }
 }
 
-fn gen_prepare(triples: bool) -> TokenStream {
+fn gen_prepare(triples: bool, signed: bool) -> TokenStream {
+    let put_tri = if signed {
+        quote! { put_signed(dst, t, &e); }
+    } else {
+        quote! { put::<false>(dst, t, &e); }
+    };
     let tw = if triples {
         quote! {
             /// The triple weights as three columns (`TW[c][mag] = w_c`).
@@ -270,7 +296,24 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let (b0, b1, b2) = (qr[4 * t] as i16, qr[4 * t + 1] as i16, qr[4 * t + 2] as i16);
                 let e: [i16; 16] =
                     core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
-                put::<false>(dst, t, &e);
+                #put_tri
+            }
+        }
+    } else {
+        quote! {}
+    };
+    let put_signed = if signed {
+        quote! {
+            /// Store the signed table of triple `u` at `64 * u`: 32 int16 (little-endian)
+            /// indexed by `magnitude | negative << 4`, i.e. `e[0..16]` then `-e[0..16]`, for
+            /// the AVX-512 `vpermw` lookups (magnitudes 14 and 15 decode as zero: `e` is 0).
+            #[inline]
+            fn put_signed(dst: &mut [i8], u: usize, e: &[i16; 16]) {
+                let d = &mut dst[64 * u..64 * u + 64];
+                for i in 0..16 {
+                    d[2 * i..2 * i + 2].copy_from_slice(&e[i].to_le_bytes().map(|b| b as i8));
+                    d[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&(-e[i]).to_le_bytes().map(|b| b as i8));
+                }
             }
         }
     } else {
@@ -297,6 +340,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
     quote! {
         #pair_w
         #tw
+        #put_signed
 
         /// Store the 16 int16 entries of unit `u` as a low and a high table: the low byte
         /// and the high byte, or (`LOW5`, the AVX-512 pair tables) the low 5 bits and the
@@ -342,7 +386,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
 
         /// LUT activation layout: the int8 row in `reference::lut::prepared_k` slots (TL2:
         /// four per triple, the fourth 0, then the pair elements; TL1: the row padded with
-        /// zeros to whole pairs of pairs) and, per activation row, `area(T)` bytes of triple
+        /// zeros to whole pairs of pairs) and, per activation row, `tri_area(T)` bytes of triple
         /// tables (TL2) then `area(pair_elems / 2)` bytes of pair tables (see `put`). The
         /// tables are built from the slots; the panel tiles read the slots directly.
         pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
@@ -360,7 +404,7 @@ fn gen_prepare(triples: bool) -> TokenStream {
                 let pb = g.pair_base();
                 dst[4 * g.t..4 * g.t + (k - pb)].copy_from_slice(&src[pb..]);
             }
-            let tri_bytes = area(g.t);
+            let tri_bytes = tri_area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
             let mut lut = crate::AlignedI8::zeroed(m * row_bytes);
             for row in 0..m {
@@ -668,8 +712,9 @@ fn gen_dequantize(triples: bool, tf: &TokenStream) -> TokenStream {
 }
 
 /// `flush(acc, a, b, neg)`: add two int16 accumulators (plus the TL2 negative-triple counts
-/// `neg`, u8 lanes in the accumulators' byte order) into the int32 row accumulators.
-fn gen_flush(isa: Isa, tf: &TokenStream) -> TokenStream {
+/// `neg`, u8 lanes in the accumulators' byte order) into the int32 row accumulators (AVX-512:
+/// `flush(acc, a, b)` for the pair lookups, `flush16` for the signed triple lookups).
+fn gen_flush(isa: Isa, triples: bool, tf: &TokenStream) -> TokenStream {
     match isa {
         Isa::Scalar => quote! {},
         Isa::Avx2 => quote! {
@@ -692,30 +737,47 @@ fn gen_flush(isa: Isa, tf: &TokenStream) -> TokenStream {
                 }
             }
         },
-        Isa::Avx512 => quote! {
-            /// 128-bit lanes of `a`: rows 0-7 of chunk A | rows 0-7 of chunk B | rows 16-23 A |
-            /// rows 16-23 B; `b` the same for rows 8-15 and 24-31.
-            #[inline]
-            #tf
-            unsafe fn flush(acc: &mut [i32; BM], a: __m512i, b: __m512i, neg: __m512i) {
-                let z = _mm512_setzero_si512();
-                let a = _mm512_add_epi16(a, _mm512_unpacklo_epi8(neg, z));
-                let b = _mm512_add_epi16(b, _mm512_unpackhi_epi8(neg, z));
-                let fold = |v: __m512i| {
-                    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
-                };
-                let parts = [
-                    fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))),
-                    fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(b))),
-                    fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(a))),
-                    fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(b))),
-                ];
-                let p = acc.as_mut_ptr() as *mut __m256i;
-                for (i, v) in parts.into_iter().enumerate() {
-                    _mm256_storeu_si256(p.add(i), _mm256_add_epi32(_mm256_loadu_si256(p.add(i)), v));
+        Isa::Avx512 => {
+            let flush16 = if triples {
+                quote! {
+                    /// Add an int16 accumulator of 32 rows in row order (the signed triple
+                    /// lookups) into the int32 row accumulators.
+                    #[inline]
+                    #tf
+                    unsafe fn flush16(acc: &mut [i32; BM], a: __m512i) {
+                        let p = acc.as_mut_ptr() as *mut __m512i;
+                        let lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(a));
+                        let hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(a));
+                        _mm512_storeu_si512(p as *mut _, _mm512_add_epi32(_mm512_loadu_si512(p as *const _), lo));
+                        _mm512_storeu_si512(p.add(1) as *mut _, _mm512_add_epi32(_mm512_loadu_si512(p.add(1) as *const _), hi));
+                    }
                 }
+            } else {
+                quote! {}
+            };
+            quote! {
+                /// 128-bit lanes of `a`: rows 0-7 of chunk A | rows 0-7 of chunk B | rows 16-23 A |
+                /// rows 16-23 B; `b` the same for rows 8-15 and 24-31 (the pair lookups).
+                #[inline]
+                #tf
+                unsafe fn flush(acc: &mut [i32; BM], a: __m512i, b: __m512i) {
+                    let fold = |v: __m512i| {
+                        _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+                    };
+                    let parts = [
+                        fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(a))),
+                        fold(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(b))),
+                        fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(a))),
+                        fold(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(b))),
+                    ];
+                    let p = acc.as_mut_ptr() as *mut __m256i;
+                    for (i, v) in parts.into_iter().enumerate() {
+                        _mm256_storeu_si256(p.add(i), _mm256_add_epi32(_mm256_loadu_si256(p.add(i)), v));
+                    }
+                }
+                #flush16
             }
-        },
+        }
         Isa::Neon => quote! {
             /// `a[i]` holds rows `8i..8i+8`; `neg[h]` the counts of rows `16h..16h+16`.
             #[inline]
@@ -753,7 +815,19 @@ fn gen_tile(isa: Isa, triples: bool, c: usize, tf: &TokenStream) -> TokenStream 
     let (tri, pairs) = match isa {
         Isa::Scalar => (scalar_triples(c), scalar_pairs(c)),
         Isa::Avx2 => (avx2_triples(c), avx2_pairs(c)),
-        Isa::Avx512 => (avx512_triples(c), avx512_pairs(c)),
+        Isa::Avx512 => {
+            let ts = idents("t", c);
+            let js = (0..c).map(lit);
+            let tri = avx512_signed_triples(1, c);
+            (
+                quote! {
+                    let (w0, sg0) = (w, sg);
+                    #(let #ts = t[#js];)*
+                    #tri
+                },
+                avx512_pairs(c),
+            )
+        }
         Isa::Neon => (neon_triples(c), neon_pairs(c)),
         _ => unreachable!(),
     };
@@ -965,34 +1039,11 @@ fn avx2_triples(c: usize) -> TokenStream {
 }
 
 // ---------------------------------------------------------------------------------------------
-// AVX-512 BW: two chunks (chunk A = 2d, chunk B = 2d + 1) per zmm. The index vector's 128-bit
-// lanes are reordered to [A rows 0-15 | B rows 0-15 | A rows 16-31 | B rows 16-31] (one
-// vshufi64x2 shared by all columns) so that a 32-byte table pair [unit of A | unit of B]
-// broadcast with vbroadcasti64x4 (a plain load) serves every lane.
+// AVX-512 BW pair lookups (TL1, TL2's remainder): two chunks (chunk A = 2d, chunk B = 2d + 1)
+// per zmm. The index vector's 128-bit lanes are reordered to [A rows 0-15 | B rows 0-15 |
+// A rows 16-31 | B rows 16-31] (one vshufi64x2 shared by all columns) so that a 32-byte table
+// pair [unit of A | unit of B] broadcast with vbroadcasti64x4 (a plain load) serves every lane.
 // ---------------------------------------------------------------------------------------------
-
-/// `v` (already loaded) -> signed triple lookups for dchunk `dc` (xor with `ml`, `mh`),
-/// interleaved into int16.
-fn avx512_step(c: usize) -> TokenStream {
-    let t = idents("t", c);
-    let a = idents("a", c);
-    let b = idents("b", c);
-    let (xl, xh) = (quote! { ml }, quote! { mh });
-    quote! {
-        let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(v, v);
-        let il = _mm512_and_si512(v, nib);
-        let ih = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-        #(
-            let p = #t.add(dc * 128) as *const __m256i;
-            let l0 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p)), il), #xl);
-            let h0 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(1))), il), #xl);
-            let l1 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(2))), ih), #xh);
-            let h1 = _mm512_xor_si512(_mm512_shuffle_epi8(_mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(3))), ih), #xh);
-            #a = _mm512_add_epi16(#a, _mm512_add_epi16(_mm512_unpacklo_epi8(l0, h0), _mm512_unpacklo_epi8(l1, h1)));
-            #b = _mm512_add_epi16(#b, _mm512_add_epi16(_mm512_unpackhi_epi8(l0, h0), _mm512_unpackhi_epi8(l1, h1)));
-        )*
-    }
-}
 
 fn avx512_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
     let t = idents("t", c);
@@ -1004,9 +1055,9 @@ fn avx512_common(c: usize) -> (TokenStream, TokenStream, TokenStream) {
         let z = _mm512_setzero_si512();
         #(let #t = t[#js];)*
     };
-    let zero = quote! { #(let mut #a = z; let mut #b = z;)* let mut neg = z; };
+    let zero = quote! { #(let mut #a = z; let mut #b = z;)* };
     let js = (0..c).map(lit);
-    let fl = quote! { #(flush(&mut acc[#js], #a, #b, neg);)* };
+    let fl = quote! { #(flush(&mut acc[#js], #a, #b);)* };
     (setup, zero, fl)
 }
 
@@ -1128,89 +1179,123 @@ fn avx512_pair_loop(
     }
 }
 
-fn avx512_triples(c: usize) -> TokenStream {
-    let (setup, zero, fl) = avx512_common(c);
-    let step = avx512_step(c);
-    let load_full = avx512_load(quote! { true });
-    let load_any = avx512_load(quote! { 2 * dc + 1 < nmag });
-    let signs = |grp: TokenStream| quote! { let s = sign(sg, #grp); };
-    let bits = |dd: TokenStream| {
-        sign_bits(
-            dd,
-            &[(quote! { s }, quote! { ml }, quote! { mh }, quote! { neg })],
-        )
-    };
-    let body = avx512_triple_loop(zero, signs, bits, load_full, load_any, step, fl);
-    quote! {
-        #setup
-        #body
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// AVX-512 TL2 triples: signed tables looked up with `vpermw`. A chunk's 32 index bytes are
+// zero-extended to 32 words (word r = row r), so the low-nibble triple's magnitude sits in
+// bits 0-3 of its row's word (the high-nibble triple's after one shift); the triple's sign
+// bit, moved to bit 4, completes a 5-bit index into its 32-word table (`put_signed`: the 16
+// sums, then their negations). One `vpermw` per triple and 32 rows gives the signed int16
+// sums in row order: no byte split, no interleave, no sign correction, and the index vectors
+// serve every activation row (`c > 1`) and the tables every layout tile (`r > 1`).
+// ---------------------------------------------------------------------------------------------
 
-/// `ml`/`mh` (sign masks of the low- and high-nibble units of dchunk `dd` in its sign group)
-/// from each sign vector `s`, and `neg` updated, for every `(s, ml, mh, neg)`: low-nibble units
-/// are triples 4dd (chunk A lanes 0, 2) and 4dd + 2 (chunk B lanes 1, 3); high-nibble units
-/// 4dd + 1 and 4dd + 3.
-fn sign_bits(
-    dd: TokenStream,
-    sets: &[(TokenStream, TokenStream, TokenStream, TokenStream)],
-) -> TokenStream {
-    let per = sets.iter().map(|(s, ml, mh, neg)| {
-        quote! {
-            let #ml = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bl));
-            let #mh = _mm512_movm_epi8(_mm512_test_epi8_mask(#s, bh));
-            #neg = _mm512_sub_epi8(#neg, _mm512_add_epi8(#ml, #mh));
+/// Sign bit `j` (0..8) of every word's low byte moved to bit 4 (the other bits are don't-cares:
+/// the select keeps bit 4 and up of it, and `vpermw` reads bits 0-4 of its index).
+fn sign_to_bit4(s: &Ident, j: usize) -> TokenStream {
+    match j {
+        0..=3 => {
+            let n = lit(4 - j);
+            quote! { _mm512_slli_epi16::<#n>(#s) }
         }
-    });
-    quote! {
-        let rep = |bit: usize| ((1u64 << bit) * 0x0101_0101_0101_0101u64) as i64;
-        let (xa, xb) = (rep(4 * #dd), rep(4 * #dd + 2));
-        let (ya, yb) = (rep(4 * #dd + 1), rep(4 * #dd + 3));
-        let bl = _mm512_set_epi64(xb, xb, xa, xa, xb, xb, xa, xa);
-        let bh = _mm512_set_epi64(yb, yb, ya, ya, yb, yb, ya, ya);
-        #(#per)*
+        4 => quote! { #s },
+        _ => {
+            let n = lit(j - 4);
+            quote! { _mm512_srli_epi16::<#n>(#s) }
+        }
     }
 }
 
-/// The triple loop of the AVX-512 tiles: a sign chunk covers 8 triples = 4 magnitude chunks =
-/// 2 dchunks; `signs(grp)` loads the sign vectors of group `grp`, `bits(dd)` derives the masks
-/// of its dchunk `dd` (see `sign_bits`); the rest as in `avx512_pair_loop`.
-fn avx512_triple_loop(
-    zero: TokenStream,
-    signs: impl Fn(TokenStream) -> TokenStream,
-    bits: impl Fn(TokenStream) -> TokenStream,
-    load_full: TokenStream,
-    load_any: TokenStream,
-    step: TokenStream,
-    fl: TokenStream,
-) -> TokenStream {
-    let unrolled = (0..2).map(|dd| {
-        let ddl = lit(dd);
-        let bits = bits(quote! { #ddl });
+/// The triple part of `r` layout tiles (`w{i}`: magnitude chunks, `sg{i}`: sign chunks) times
+/// `c` activation rows (`t{j}`: triple tables, `tri_area` layout), added into
+/// `acc[i * c + j]`; `nmag` chunks, `pf` bytes of prefetch ahead in each tile's streams. A
+/// sign chunk covers 8 triples = 4 magnitude chunks (a group, unrolled); FLUSH_STEPS chunks
+/// (two triples per int16 lane each, `|e| <= 384`) between widenings.
+fn avx512_signed_triples(r: usize, c: usize) -> TokenStream {
+    let w = idents("w", r);
+    let sg = idents("sg", r);
+    let s = idents("s", r);
+    let t = idents("t", c);
+    let ta = idents("ta", c);
+    let tb = idents("tb", c);
+    let acc_id = |i: usize, j: usize| format_ident!("a{}_{}", i, j);
+    let accs: Vec<Ident> = (0..r)
+        .flat_map(|i| (0..c).map(move |j| acc_id(i, j)))
+        .collect();
+    let slots: Vec<Literal> = (0..r * c).map(lit).collect();
+    // one chunk `ch`; `sh(i, h)`: tile i's sign vector with the bit of triple `2ch + h` at bit 4
+    let chunk = |ch: TokenStream, sh: &dyn Fn(usize, usize) -> TokenStream| {
+        let per_tile = (0..r).map(|i| {
+            let wi = &w[i];
+            let (s0, s1) = (sh(i, 0), sh(i, 1));
+            let looks = (0..c).map(|j| {
+                let (a, ta, tb) = (acc_id(i, j), &ta[j], &tb[j]);
+                quote! {
+                    #a = _mm512_add_epi16(#a, _mm512_add_epi16(
+                        _mm512_permutexvar_epi16(i0, #ta),
+                        _mm512_permutexvar_epi16(i1, #tb),
+                    ));
+                }
+            });
+            quote! {{
+                let z = _mm512_cvtepu8_epi16(_mm256_loadu_si256(#wi.add(ch * BM) as *const __m256i));
+                // bits 0-3 from the magnitude, bit 4 (and up) from the shifted signs
+                let i0 = _mm512_ternarylogic_epi32::<0xE4>(z, #s0, low4);
+                let i1 = _mm512_ternarylogic_epi32::<0xE4>(_mm512_srli_epi16::<4>(z), #s1, low4);
+                #(#looks)*
+            }}
+        });
         quote! {{
-            let dc = grp * 2 + #ddl;
-            #bits
-            #load_full
-            #step
+            let ch = #ch;
+            #(
+                let #ta = _mm512_loadu_si512(#t.add(ch * 128) as *const _);
+                let #tb = _mm512_loadu_si512(#t.add(ch * 128 + 64) as *const _);
+            )*
+            #(#per_tile)*
         }}
+    };
+    let unrolled = (0..4).map(|cc| {
+        let ccl = lit(cc);
+        let sh = |i: usize, h: usize| sign_to_bit4(&s[i], 2 * cc + h);
+        chunk(quote! { grp * 4 + #ccl }, &sh)
     });
-    let bits_rt = bits(quote! { dd });
+    let sh_rt = |i: usize, h: usize| {
+        let si = &s[i];
+        let hl = lit(h);
+        quote! { shift_sign(#si, 2 * cc + #hl) }
+    };
+    let last = chunk(quote! { groups * 4 + cc }, &sh_rt);
+    let signs = |grp: TokenStream| {
+        quote! {
+            #(let #s = _mm512_cvtepu8_epi16(_mm256_loadu_si256(#sg.add(#grp * BM) as *const __m256i));)*
+        }
+    };
     let signs_grp = signs(quote! { grp });
     let signs_last = signs(quote! { groups });
+    let zero = quote! { #(let mut #accs = zero;)* };
+    let fl = quote! { #(flush16(&mut acc[#slots], #accs);)* };
     quote! {
-        // sign chunk -> [rows 0-15 | rows 0-15 | rows 16-31 | rows 16-31], the index order
-        let sign = |sg: *const u8, grp: usize| {
-            _mm_prefetch::<_MM_HINT_T0>(sg.wrapping_add(grp * BM + pf) as *const i8);
-            let s = _mm512_broadcast_i64x4(_mm256_loadu_si256(sg.add(grp * BM) as *const __m256i));
-            _mm512_shuffle_i64x2::<0b01_01_00_00>(s, s)
+        let low4 = _mm512_set1_epi16(0x0f);
+        let zero = _mm512_setzero_si512();
+        // the partial group's sign bits (run-time bit position)
+        let shift_sign = |s: __m512i, j: usize| {
+            if j < 4 {
+                _mm512_sll_epi16(s, _mm_cvtsi64_si128((4 - j) as i64))
+            } else {
+                _mm512_srl_epi16(s, _mm_cvtsi64_si128((j - 4) as i64))
+            }
         };
         let groups = nmag / 4;
-        let flush_groups = FLUSH_STEPS / 2;
+        let flush_groups = FLUSH_STEPS / 4;
         let mut grp = 0usize;
         while grp < groups {
             let end = if groups - grp > flush_groups { grp + flush_groups } else { groups };
             #zero
             while grp < end {
+                #(
+                    _mm_prefetch::<_MM_HINT_T0>(#w.wrapping_add(grp * 4 * BM + pf) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(#w.wrapping_add(grp * 4 * BM + 64 + pf) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(#sg.wrapping_add(grp * BM + pf) as *const i8);
+                )*
                 #signs_grp
                 #(#unrolled)*
                 grp += 1;
@@ -1221,11 +1306,8 @@ fn avx512_triple_loop(
         if rem > 0 {
             #zero
             #signs_last
-            for dd in 0..rem.div_ceil(2) {
-                let dc = groups * 2 + dd;
-                #bits_rt
-                #load_any
-                #step
+            for cc in 0..rem {
+                #last
             }
             #fl
         }
@@ -1257,38 +1339,21 @@ fn avx512_rows_load(r: usize, full: TokenStream) -> TokenStream {
     }
 }
 
-/// The shared tables of dchunk `dc`, then per tile the lookups of `avx512_pair_step`
-/// (`triples == false`) or `avx512_step` (signed with the tile's `ml`/`mh`).
-fn avx512_rows_step(r: usize, triples: bool) -> TokenStream {
+/// The shared tables of dchunk `dc`, then per tile the lookups of `avx512_pair_step`.
+fn avx512_rows_step(r: usize) -> TokenStream {
     let per = (0..r).map(|i| {
         let v = format_ident!("v{}", i);
-        let body = if triples {
-            let (ml, mh) = (format_ident!("ml{}", i), format_ident!("mh{}", i));
-            let (a, b) = (format_ident!("a{}", i), format_ident!("b{}", i));
-            quote! {
-                let l0 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[0], il), #ml);
-                let h0 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[1], il), #ml);
-                let l1 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[2], ih), #mh);
-                let h1 = _mm512_xor_si512(_mm512_shuffle_epi8(tb[3], ih), #mh);
-                #a = _mm512_add_epi16(#a, _mm512_add_epi16(_mm512_unpacklo_epi8(l0, h0), _mm512_unpacklo_epi8(l1, h1)));
-                #b = _mm512_add_epi16(#b, _mm512_add_epi16(_mm512_unpackhi_epi8(l0, h0), _mm512_unpackhi_epi8(l1, h1)));
-            }
-        } else {
-            let (lo, hi) = (format_ident!("lo{}", i), format_ident!("hi{}", i));
-            quote! {
-                let l0 = _mm512_shuffle_epi8(tb[0], il);
-                let h0 = _mm512_shuffle_epi8(tb[1], il);
-                let l1 = _mm512_shuffle_epi8(tb[2], ih);
-                let h1 = _mm512_shuffle_epi8(tb[3], ih);
-                #lo = _mm512_add_epi8(#lo, _mm512_add_epi8(l0, l1));
-                #hi = _mm512_add_epi8(#hi, _mm512_add_epi8(h0, h1));
-            }
-        };
+        let (lo, hi) = (format_ident!("lo{}", i), format_ident!("hi{}", i));
         quote! {{
             let v = _mm512_shuffle_i64x2::<0b11_01_10_00>(#v, #v);
             let il = _mm512_and_si512(v, nib);
             let ih = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nib);
-            #body
+            let l0 = _mm512_shuffle_epi8(tb[0], il);
+            let h0 = _mm512_shuffle_epi8(tb[1], il);
+            let l1 = _mm512_shuffle_epi8(tb[2], ih);
+            let h1 = _mm512_shuffle_epi8(tb[3], ih);
+            #lo = _mm512_add_epi8(#lo, _mm512_add_epi8(l0, l1));
+            #hi = _mm512_add_epi8(#hi, _mm512_add_epi8(h0, h1));
         }}
     });
     quote! {
@@ -1309,51 +1374,11 @@ fn avx512_rows_pairs(r: usize) -> TokenStream {
     let b = idents("b", r);
     let is = (0..r).map(lit);
     let zero = quote! { #(let mut #a = z; let mut #b = z;)* };
-    let fl = quote! { #(flush(&mut acc[#is], #a, #b, z);)* };
-    let step = avx512_rows_step(r, false);
+    let fl = quote! { #(flush(&mut acc[#is], #a, #b);)* };
+    let step = avx512_rows_step(r);
     let load_full = avx512_rows_load(r, quote! { true });
     let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nch });
     let body = avx512_pair_loop(r, zero, load_full, load_any, step, fl);
-    quote! {
-        let nib = _mm512_set1_epi8(0x0f);
-        let z = _mm512_setzero_si512();
-        #body
-    }
-}
-
-/// The triple part over `r` tiles (`w0..`: magnitude chunks, `sg0..`: sign chunks, `t0`:
-/// the triple tables), with each tile's own sign masks.
-fn avx512_rows_triples(r: usize) -> TokenStream {
-    let a = idents("a", r);
-    let b = idents("b", r);
-    let neg = idents("neg", r);
-    let s = idents("s", r);
-    let sg = idents("sg", r);
-    let is = (0..r).map(lit);
-    let zero = quote! { #(let mut #a = z; let mut #b = z; let mut #neg = z;)* };
-    let fl = quote! { #(flush(&mut acc[#is], #a, #b, #neg);)* };
-    let step = avx512_rows_step(r, true);
-    let load_full = avx512_rows_load(r, quote! { true });
-    let load_any = avx512_rows_load(r, quote! { 2 * dc + 1 < nmag });
-    let sets: Vec<_> = (0..r)
-        .map(|i| {
-            let (s, ml, mh, neg) = (
-                &s[i],
-                format_ident!("ml{}", i),
-                format_ident!("mh{}", i),
-                &neg[i],
-            );
-            (
-                quote! { #s },
-                quote! { #ml },
-                quote! { #mh },
-                quote! { #neg },
-            )
-        })
-        .collect();
-    let signs = |grp: TokenStream| quote! { #(let #s = sign(#sg, #grp);)* };
-    let bits = |dd: TokenStream| sign_bits(dd, &sets);
-    let body = avx512_triple_loop(zero, signs, bits, load_full, load_any, step, fl);
     quote! {
         let nib = _mm512_set1_epi8(0x0f);
         let z = _mm512_setzero_si512();
@@ -1370,7 +1395,7 @@ fn gen_tile_rows(triples: bool, tf: &TokenStream) -> TokenStream {
     let sg = idents("sg", r);
     let is: Vec<Literal> = (0..r).map(lit).collect();
     let tri = if triples {
-        let body = avx512_rows_triples(r);
+        let body = avx512_signed_triples(r, 1);
         quote! {{
             let nmag = g.t / 2;
             let t0 = t;
@@ -1566,7 +1591,7 @@ fn gen_matmul(t: Tile, row_tiles: bool, tf: &TokenStream) -> TokenStream {
         t.cols
     );
     let body = quote! {
-            let tri_bytes = area(g.t);
+            let tri_bytes = tri_area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
             let lut = acts.lut.as_ptr();
             let m = acts.m;

@@ -225,7 +225,8 @@ pub fn prepared_k(spec: &FormatSpec, k: usize) -> usize {
 /// AVX-512 interleaves four units (`[lo(4g), lo(4g+2)]`, `[hi(4g), hi(4g+2)]`,
 /// `[lo(4g+1), lo(4g+3)]`, `[hi(4g+1), hi(4g+3)]`, 16 bytes each, so that one 32-byte broadcast
 /// feeds a zmm `vpshufb`); every other ISA stores unit `u` alone at `32 * u` (`lo[16]`,
-/// `hi[16]`). `lo`/`hi` are the low and high bytes of the 16 int16 sums of the unit.
+/// `hi[16]`). `lo`/`hi` are the low and high bytes of the 16 int16 sums of the unit. (TL2's
+/// triple tables on AVX-512 are not grouped: see [`signed_triple_tables`].)
 pub const fn table_group(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 | Isa::Avx512Vnni => 4,
@@ -233,12 +234,25 @@ pub const fn table_group(isa: Isa) -> usize {
     }
 }
 
+/// Whether the TL2 triple tables a kernel of `isa` reads are the signed ones: AVX-512 stores
+/// one 64-byte table per triple, 32 int16 sums indexed by `magnitude | negative << 4` (the
+/// 16 sums, then their negations), looked up with `vpermw`; every other ISA (and every pair
+/// table) stores the 16 sums of the unit and applies the sign itself.
+pub const fn signed_triple_tables(spec: &FormatSpec, isa: Isa) -> bool {
+    matches!(spec.codes, CodeRule::TripleLut { .. }) && matches!(isa, Isa::Avx512 | Isa::Avx512Vnni)
+}
+
 /// Bytes of lookup tables per activation row prepared for a LUT kernel of `isa`: the triple
 /// tables (TL2) then the pair tables, each area rounded up to whole groups.
 pub fn prepared_row_bytes(spec: &FormatSpec, k: usize, isa: Isa) -> usize {
     let g = LutGeometry::new(spec, 1, k);
     let area = |units: usize| units.div_ceil(table_group(isa)) * table_group(isa) * 32;
-    area(g.t) + area(g.pair_elems / 2)
+    let tri = if signed_triple_tables(spec, isa) {
+        64 * g.t
+    } else {
+        area(g.t)
+    };
+    tri + area(g.pair_elems / 2)
 }
 
 #[cfg(test)]
