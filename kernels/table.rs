@@ -9,7 +9,7 @@
 //! expressible with [`CodeRule::Packed2`] (2-bit codes, any group size, MSB- or LSB-first) and one
 //! of the [`ScaleRule`]s, nothing else changes: the generator derives the SIMD decode, the
 //! activation order, the tests and the benches. Other code rules have one decode rule each in
-//! `kernels-gen/src/decode/`.
+//! `kernels-gen/src/decode.rs` (block formats) or a template (`kernels-gen/src/lut.rs`).
 
 /// An instruction set a kernel is generated for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,15 +97,16 @@ pub enum CodeRule {
     /// `msb_first` (Microsoft I2_S), at bits `2j` otherwise (ggml TQ2_0).
     Packed2 { group_bytes: usize, msb_first: bool },
     /// ggml TQ1_0: five base-3 trits per byte scaled to fill the byte, then four per byte.
-    /// Decode rule: `kernels-gen/src/decode/base3.rs`.
+    /// Decode rule: `base3` in `kernels-gen/src/decode.rs`.
     Base3,
     /// Microsoft TL1 pair indices `3*w0 + w1 + 4` (0..8), two per byte, rows tiled by
     /// `tile_rows`: for each row tile and each pair of pairs `(p, p+1)` there are `tile_rows`
-    /// bytes, byte `r` = `idx(r, p) | idx(r, p+1) << 4`. Decode rule: `decode/lut.rs`.
+    /// bytes, byte `r` = `idx(r, p) | idx(r, p+1) << 4`. Decode rule: the
+    /// `kernels-gen/src/lut.rs` template.
     PairLut { tile_rows: usize },
     /// Microsoft TL2 triple indices `|9*w0 + 3*w1 + w2|` (0..13) with a sign bit per triple,
     /// rows tiled by `tile_rows`; a K remainder that is not whole triple pairs uses the TL1
-    /// pair layout. Decode rule: `decode/lut.rs`.
+    /// pair layout. Decode rule: the `kernels-gen/src/lut.rs` template.
     TripleLut { tile_rows: usize },
 }
 
