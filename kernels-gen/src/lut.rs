@@ -8,7 +8,7 @@
 //! * `prepare` builds, per activation row and per unit, the table of every sum the unit's
 //!   weights can produce (TL1: 9 sums `b0*w0 + b1*w1` at `3*w0 + w1 + 4`; TL2: the 14 triple
 //!   magnitudes), padded to 16 entries, as int16 split into a low-byte and a high-byte
-//!   16-entry table (exact).
+//!   16-entry table (exact; AVX-512 TL2 triples: one signed 32-entry int16 table instead).
 //! * a kernel loads the index bytes of 32 rows (AVX2: one chunk per ymm; AVX-512: two chunks
 //!   per zmm; NEON: half a chunk per q register), looks the low and high bytes up with
 //!   `vpshufb` / `tbl`, interleaves them back into int16, applies the TL2 sign (xor of both
@@ -17,9 +17,10 @@
 //!   units per lane and then widens to int32 (bound in `FLUSH_UNITS`). AVX-512 looks TL2
 //!   triples up differently: one `vpermw` per triple and 32 rows in a signed 32-entry int16
 //!   table indexed by magnitude and sign bit (no byte split, no interleave, no sign
-//!   correction; see `avx512_signed_triples`). The AVX-512 pair tables are split into the low 5 bits and the rest instead, small enough to be summed in
-//!   bytes for `PAIR_BYTE_STEPS` steps before one interleave: the shuffle port, which every
-//!   lookup and interleave needs, is what limits these tiles.
+//!   correction; see `avx512_signed_triples`). The AVX-512 pair tables are split into the
+//!   low 5 bits and the rest instead, small enough to be summed in bytes for
+//!   `PAIR_BYTE_STEPS` steps before one interleave: the shuffle port, which every lookup and
+//!   interleave needs, is what limits these tiles.
 //! * a batch tile (`cols > 1`) reuses every loaded index vector and sign mask for `cols`
 //!   activation rows.
 
