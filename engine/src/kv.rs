@@ -123,7 +123,8 @@ thread_local! {
 }
 
 /// Run `f` on values `r` of `k` and of `v` as f32 slices (borrowed for an f32 cache,
-/// widened into this thread's buffers for f16). `f` must not call `with_spans` itself.
+/// widened into this thread's buffers for f16). `f` must not call `with_spans` or
+/// `with_widened` itself (they borrow the same buffers).
 pub fn with_spans<R>(
     k: &KvRows,
     v: &KvRows,
