@@ -338,11 +338,16 @@ pub fn matmul_prepared_many(
     let total_rows: usize = jobs.iter().map(|(w, _)| w.n()).sum();
     let work = total_rows * k * m;
     let threads = rayon::current_num_threads();
-    // about four chunks per thread over all the rows, each a whole number of tiles
+    // Chunks over all the rows, each a whole number of tiles. A GEMV (m = 1) streams its
+    // weights: one chunk per thread, so each thread reads one share with its tiles' streams
+    // far apart and starts no new streams mid-region (2B4T decode on a 2-vCPU Xeon against
+    // four chunks per thread, alternated in one process: body 1.5-7 % faster by the median,
+    // faster in 38 of 48 eight-token runs). Batches keep about four per thread for balance.
+    let per_thread = if m == 1 { 1 } else { 4 };
     let target = if work < (1 << 20) || threads == 1 {
         1
     } else {
-        threads * 4
+        threads * per_thread
     };
     let rows_per = total_rows
         .div_ceil(target)

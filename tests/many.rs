@@ -17,9 +17,9 @@ fn weights(n: usize, k: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn equals_one_call_per_weight() {
     for f in [Format::I2S, Format::QK256, Format::TQ1_0, Format::TL2] {
-        let k = 512;
+        let k = 1024;
         // sizes that cut into uneven chunks across weights (and are large enough to go
-        // parallel)
+        // parallel for m = 1 too: 1550 rows x 1024 >= 2^20 MACs)
         let shapes = [1030usize, 260, 260];
         let packed: Vec<Vec<u8>> = shapes
             .iter()
