@@ -8,7 +8,7 @@
 //! 23-24 GB/s on two threads of a 2-vCPU Xeon (same process, alternated). The rows of a group
 //! are a quarter of the chunk apart (four streams far apart in memory, like the DRAM
 //! reference's fastest reader) rather than consecutive: on that machine, 2 threads,
-//! alternated in one process, the head alone read at a median 27.3-29.6 -> 28.3-31.1 GB/s,
+//! alternated in one process, the head alone read at a median 26.1-29.6 -> 28.0-31.1 GB/s,
 //! and in a decode it took 22.9-23.0 -> 22.0-22.1 ms/token (faster in 30 of 40 8-token runs).
 
 use crate::model::{Embedding, Model};
@@ -101,7 +101,7 @@ pub fn dot_scalar(row: &[u8], h: &[f32]) -> f32 {
 
 /// Software prefetch distance (bytes) of the SIMD head dots, in each row's stream (each of
 /// the [`ROWS`] streams moves on by one row per group). 2-4 KiB read the strided groups
-/// fastest on a 2-vCPU Xeon (8 and 16 KiB 3-7 % slower, alternated in one process).
+/// fastest on a 2-vCPU Xeon (8 and 16 KiB 5-7 % slower, alternated in one process).
 #[cfg(target_arch = "x86_64")]
 const HEAD_PREFETCH: usize = 4 << 10;
 
