@@ -294,7 +294,7 @@ fn gen_prepare(triples: bool, signed: bool) -> TokenStream {
     let tri = if triples {
         quote! {
             for t in 0..g.t {
-                let (b0, b1, b2) = (qr[4 * t] as i16, qr[4 * t + 1] as i16, qr[4 * t + 2] as i16);
+                let (b0, b1, b2) = (qr[3 * t] as i16, qr[3 * t + 1] as i16, qr[3 * t + 2] as i16);
                 let e: [i16; 16] =
                     core::array::from_fn(|i| TW[0][i] * b0 + TW[1][i] * b1 + TW[2][i] * b2);
                 #put_tri
@@ -385,25 +385,25 @@ fn gen_prepare(triples: bool, signed: bool) -> TokenStream {
             t
         };
 
-        /// LUT activation layout: the int8 row in `reference::lut::prepared_k` slots (TL2:
-        /// four per triple, the fourth 0, then the pair elements; TL1: the row padded with
-        /// zeros to whole pairs of pairs) and, per activation row, `tri_area(T)` bytes of triple
-        /// tables (TL2) then `area(pair_elems / 2)` bytes of pair tables (see `put`). The
-        /// tables are built from the slots; the panel tiles read the slots directly.
+        /// LUT activation layout: the int8 row in `reference::lut::prepared_k` slots (TL2: the
+        /// triples' elements, zero-padded to whole groups of four triples, then the pair
+        /// elements; TL1: the row padded with zeros to whole pairs of pairs) and, per
+        /// activation row, `tri_area(T)` bytes of triple tables (TL2) then
+        /// `area(pair_elems / 2)` bytes of pair tables (see `put`). The tables are built from
+        /// the slots; the panel tiles read the slots directly.
         pub fn prepare(acts: &QuantizedActs) -> PreparedActs {
             let (m, k) = (acts.m, acts.k);
             let g = LutGeometry::new(SPEC, 1, k);
-            let kp = 4 * g.t + g.pair_elems;
+            let ts = crate::reference::lut::triple_slots(g.t);
+            let kp = ts + g.pair_elems;
             debug_assert_eq!(kp, crate::reference::lut::prepared_k(SPEC, k));
             let mut q = crate::AlignedI8::zeroed(m * kp);
             for row in 0..m {
                 let src = acts.row(row);
                 let dst = &mut q[row * kp..(row + 1) * kp];
-                for t in 0..g.t {
-                    dst[4 * t..4 * t + 3].copy_from_slice(&src[3 * t..3 * t + 3]);
-                }
+                dst[..3 * g.t].copy_from_slice(&src[..3 * g.t]);
                 let pb = g.pair_base();
-                dst[4 * g.t..4 * g.t + (k - pb)].copy_from_slice(&src[pb..]);
+                dst[ts..ts + (k - pb)].copy_from_slice(&src[pb..]);
             }
             let tri_bytes = tri_area(g.t);
             let row_bytes = tri_bytes + area(g.pair_elems / 2);
@@ -413,7 +413,7 @@ fn gen_prepare(triples: bool, signed: bool) -> TokenStream {
                 let dst = &mut lut[row * row_bytes..(row + 1) * row_bytes];
                 #tri
                 let dst = &mut dst[tri_bytes..];
-                let pb = 4 * g.t;
+                let pb = ts;
                 for p in 0..g.pair_elems / 2 {
                     let (b0, b1) = (qr[pb + 2 * p] as i16, qr[pb + 2 * p + 1] as i16);
                     let e: [i16; 16] = core::array::from_fn(|i| PT[0][i] * b0 + PT[1][i] * b1);
@@ -1668,27 +1668,49 @@ fn matmul_entry(name: &Ident, doc: &str, tf: &TokenStream, body: TokenStream) ->
 /// A panel matmul (`Tile::panel`, 32 rows = one layout tile): the index chunks of a tile hold
 /// one byte per row, so they decode straight into panel vectors (16 rows of four codes per
 /// zmm) with one dword lookup per unit; TL2 triples apply their sign bits with a masked
-/// `0x02020202 - codes`. The activations are `prepare`'s slots (a triple is one 4-slot group),
-/// and `crate::panel::run` does the rest, as for the block formats.
+/// `0x00020202 - codes`, and four triples' twelve codes are packed into three dwords (shifts
+/// and ors), so that no slot is spent on padding. The activations are `prepare`'s slots, and
+/// `crate::panel::run` does the rest, as for the block formats.
 fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
     let name = format_ident!("pn{}x{}", t.rows, t.cols);
     let c = lit(t.cols);
     let tri = if triples {
         quote! {
             let tri = _mm512_loadu_si512(PANEL_TRIPLE.as_ptr() as *const _);
-            let two = _mm512_set1_epi32(0x0202_0202);
-            for ch in 0..g.t / 2 {
-                let src = wt.add(ch * BM);
-                let sg = wt.add(g.sign_offset() + ch / 4 * BM);
+            let two = _mm512_set1_epi32(0x0002_0202);
+            // The signed codes of the triples of chunk `ch` (16 rows from `16 * h`), one
+            // dword per row: the low then the high nibble's triple.
+            let codes = |ch: usize, h: usize| {
+                let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(wt.add(ch * BM + 16 * h) as *const __m128i));
+                let sg = wt.add(g.sign_offset() + ch / 4 * BM + 16 * h);
+                let s = _mm512_cvtepu8_epi32(_mm_loadu_si128(sg as *const __m128i));
+                let signed = |mag: __m512i, tr: usize| {
+                    let c = _mm512_permutexvar_epi32(mag, tri);
+                    let neg = _mm512_test_epi32_mask(s, _mm512_set1_epi32(1 << (tr % 8)));
+                    _mm512_mask_sub_epi32(c, neg, two, c)
+                };
+                [
+                    signed(_mm512_and_si512(x, nib), 2 * ch),
+                    signed(_mm512_srli_epi32::<4>(x), 2 * ch + 1),
+                ]
+            };
+            // four triples (two chunks) in three panel dwords: the twelve codes in order
+            // (a missing last chunk decodes as zero codes; its activation slots are 0)
+            for gq in 0..g.t.div_ceil(4) {
                 for h in 0..2 {
-                    let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(src.add(16 * h) as *const __m128i));
-                    let s = _mm512_cvtepu8_epi32(_mm_loadu_si128(sg.add(16 * h) as *const __m128i));
-                    for (u, mag) in [(0, _mm512_and_si512(x, nib)), (1, _mm512_srli_epi32::<4>(x))] {
-                        let tr = 2 * ch + u;
-                        let v = _mm512_permutexvar_epi32(mag, tri);
-                        let neg = _mm512_test_epi32_mask(s, _mm512_set1_epi32(1 << (tr % 8)));
-                        let v = _mm512_mask_sub_epi32(v, neg, two, v);
-                        _mm512_storeu_si512(panel.add((tr * BM + 16 * h) * 4) as *mut _, v);
+                    let [v0, v1] = codes(2 * gq, h);
+                    let [v2, v3] = if 2 * gq + 1 < g.t / 2 {
+                        codes(2 * gq + 1, h)
+                    } else {
+                        [_mm512_setzero_si512(); 2]
+                    };
+                    let packed = [
+                        _mm512_or_si512(v0, _mm512_slli_epi32::<24>(v1)),
+                        _mm512_or_si512(_mm512_srli_epi32::<8>(v1), _mm512_slli_epi32::<16>(v2)),
+                        _mm512_or_si512(_mm512_srli_epi32::<16>(v2), _mm512_slli_epi32::<8>(v3)),
+                    ];
+                    for (j, v) in packed.into_iter().enumerate() {
+                        _mm512_storeu_si512(panel.add(((3 * gq + j) * BM + 16 * h) * 4) as *mut _, v);
                     }
                 }
             }
@@ -1698,16 +1720,15 @@ fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
     };
     let tri_table = if triples {
         quote! {
-            /// Panel dword of a TL2 magnitude (positive sign): codes `w + 1` of the triple in
-            /// bytes 0-2, byte 3 a zero weight (its activation slot is 0).
+            /// Codes `w + 1` of a TL2 magnitude's triple (positive sign) in bytes 0-2 of a
+            /// dword, byte 3 zero (a negative triple is `0x00020202 - codes`).
             const PANEL_TRIPLE: [i32; 16] = {
                 let mut t = [0i32; 16];
                 let mut i = 0;
                 while i < 16 {
                     t[i] = (W[i][0] + 1) as i32
                         | ((W[i][1] + 1) as i32) << 8
-                        | ((W[i][2] + 1) as i32) << 16
-                        | 1 << 24;
+                        | ((W[i][2] + 1) as i32) << 16;
                     i += 1;
                 }
                 t
@@ -1751,8 +1772,9 @@ fn gen_panel(triples: bool, t: Tile, tf: &TokenStream) -> TokenStream {
 /// (The body of [`gen_panel`]'s entry point.)
 fn panel_body(tri: TokenStream, c: Literal) -> TokenStream {
     quote! {
-            // slot groups: one per triple, then one per pair of pairs
-            let k4 = g.t + g.pair_elems / 4;
+            // slot groups: three per four triples, then one per pair of pairs
+            let tri4 = crate::reference::lut::triple_slots(g.t) / 4;
+            let k4 = tri4 + g.pair_elems / 4;
             let nib = _mm512_set1_epi32(15);
             let plo = _mm512_loadu_si512(PANEL_PAIR.as_ptr() as *const _);
             let phi = _mm512_loadu_si512(PANEL_PAIR_HI.as_ptr() as *const _);
@@ -1765,7 +1787,7 @@ fn panel_body(tri: TokenStream, c: Literal) -> TokenStream {
                     #tri
                     for ch in 0..g.pair_elems / 4 {
                         let src = wt.add(g.pair_offset() + ch * BM);
-                        let dst = panel.add((g.t + ch) * BM * 4);
+                        let dst = panel.add((tri4 + ch) * BM * 4);
                         for h in 0..2 {
                             let x = _mm512_cvtepu8_epi32(_mm_loadu_si128(src.add(16 * h) as *const __m128i));
                             let v = _mm512_or_si512(

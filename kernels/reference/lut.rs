@@ -213,12 +213,18 @@ pub fn validate(spec: &FormatSpec, data: &[u8], n: usize, k: usize) -> Result<()
     Ok(())
 }
 
-/// The prepared activation row length of the LUT kernels: four slots per TL2 triple (its
-/// three elements and a zero, so that a triple is one 4-byte group of the panel tiles), then
-/// the pair elements padded to whole pairs of pairs.
+/// The prepared activation row length of the LUT kernels: the TL2 triples' elements in
+/// order, three slots per triple, padded with zeros to whole groups of four triples (twelve
+/// slots, three 4-byte groups of the panel tiles), then the pair elements padded to whole
+/// pairs of pairs.
 pub fn prepared_k(spec: &FormatSpec, k: usize) -> usize {
     let g = LutGeometry::new(spec, 1, k);
-    4 * g.t + g.pair_elems
+    triple_slots(g.t) + g.pair_elems
+}
+
+/// Prepared slots of `t` TL2 triples: `3 * t` rounded up to whole groups of four triples.
+pub const fn triple_slots(t: usize) -> usize {
+    3 * t.div_ceil(4) * 4
 }
 
 /// Units whose activation tables a kernel of `isa` stores together in `PreparedActs::lut`:
