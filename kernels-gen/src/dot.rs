@@ -532,9 +532,9 @@ fn gen_quantize(spec: &FormatSpec, b: &dyn Backend, tf: &TokenStream) -> TokenSt
     };
     let blocks = match spec.quantizer {
         // blocks in groups of at least 4 and 256 elements: the group's maxima first
-        // (independent reductions and divisions the core overlaps), then its codes (TQ1_0
-        // quantize, one 256-element block per group before: 4.0-4.3 -> 4.4-4.6 Gelem/s
-        // best-of on AVX-512 VNNI, 2.6-2.7 -> 2.9 on AVX2; 64-element blocks in groups of 16
+        // (independent reductions the core overlaps), then its codes (TQ1_0 quantize with
+        // one 256-element block per group: 3.6-4.3 instead of 3.9-4.8 Gelem/s best-of on
+        // AVX-512 VNNI, 2.6-2.7 instead of 2.9 on AVX2; 64-element blocks in groups of 16
         // instead of 4 were slower)
         Quantizer::RoundAbsMax => {
             let g = lit((256 / spec.block_elems).max(4));
