@@ -477,7 +477,6 @@ impl Backend for X86 {
                 // shares the chains between the trits of one load.
                 let maddubs = self.f("maddubs_epi16");
                 let set1_16 = self.f("set1_epi16");
-                let srli16 = self.f("srli_epi16");
                 let mut e = quote! { #maddubs(#v, #set1_16(3)) };
                 let mut o = quote! { #maddubs(#v, #set1_16(0x300)) };
                 for _ in 0..n {
@@ -491,7 +490,7 @@ impl Backend for X86 {
                     };
                 }
                 quote! {
-                    _mm256_or_si256(#srli16::<8>(#e), _mm256_and_si256(#o, _mm256_set1_epi16(0xff00u16 as i16)))
+                    _mm256_or_si256(#srli16::<8>(#e), #and(#o, _mm256_set1_epi16(0xff00u16 as i16)))
                 }
             }
         }
