@@ -40,6 +40,27 @@ fn detect(isa: Isa) -> bool {
     }
 }
 
+/// Whether this is an AMD x86 CPU (CPUID vendor `AuthenticAMD`; detected once). Dispatch
+/// uses it for the GEMV tile height ([`crate::table::AMD_GEMV_ROWS`]).
+pub fn is_amd() -> bool {
+    static AMD: OnceLock<bool> = OnceLock::new();
+    *AMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and only reads identification
+            // registers (the intrinsic is safe in newer compilers, hence the allow).
+            #[allow(unused_unsafe)]
+            let r = unsafe { core::arch::x86_64::__cpuid(0) };
+            // the vendor string is EBX, EDX, ECX: "Auth" "enti" "cAMD"
+            (r.ebx, r.edx, r.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// CPU features relevant to ternforge, as names (for receipts and `ternforge kernels`).
 pub fn feature_names() -> Vec<&'static str> {
     Isa::ALL

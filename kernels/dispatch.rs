@@ -25,6 +25,14 @@ pub struct Dispatch {
     pub isa: Isa,
     /// `true` when set by `TERNFORGE_ISA` or [`Dispatch::with_isa`].
     pub overridden: bool,
+    /// GEMV tile height to prefer where a table row lists one (`None`: the row's first GEMV
+    /// tile); from the CPU vendor ([`crate::table::AMD_GEMV_ROWS`]), also under an override.
+    pub gemv_rows: Option<usize>,
+}
+
+/// The GEMV tile height this CPU prefers (see [`Dispatch::gemv_rows`]).
+fn gemv_rows() -> Option<usize> {
+    cpu::is_amd().then_some(crate::table::AMD_GEMV_ROWS)
 }
 
 impl Dispatch {
@@ -37,6 +45,7 @@ impl Dispatch {
         Dispatch {
             isa,
             overridden: false,
+            gemv_rows: gemv_rows(),
         }
     }
 
@@ -51,6 +60,7 @@ impl Dispatch {
         Ok(Dispatch {
             isa,
             overridden: true,
+            gemv_rows: gemv_rows(),
         })
     }
 
@@ -70,8 +80,9 @@ impl Dispatch {
     }
 
     /// The kernel for a format and operation. For matmul, `m` (activation rows) picks the
-    /// tile: the first GEMV tile (`cols == 1`) of the table row for `m == 1`, else the first
-    /// listed GEMM tile not wider than `m` (nor above its `min_batch`).
+    /// tile: for `m == 1` the GEMV tile (`cols == 1`) of [`Dispatch::gemv_rows`] rows if the
+    /// table row lists one, else its first GEMV tile; else the first listed GEMM tile not
+    /// wider than `m` (nor above its `min_batch`).
     pub fn select(
         &self,
         format: Format,
@@ -86,8 +97,9 @@ impl Dispatch {
                     && std::mem::discriminant(&e.op) == std::mem::discriminant(&op)
             });
             // Tiles are ranked by the table: a row lists its tiles in order of preference.
-            // m == 1: the first GEMV tile (cols == 1); m > 1: the first listed GEMM tile with
-            // no more columns than m and m at least its minimum batch, else the narrowest.
+            // m == 1: the GEMV tile (cols == 1) of the preferred height, else the first one;
+            // m > 1: the first listed GEMM tile with no more columns than m and m at least
+            // its minimum batch, else the narrowest.
             let best = match op {
                 KernelOp::Matmul(_) => {
                     let cands: Vec<&'static KernelEntry> = cands.collect();
@@ -99,11 +111,15 @@ impl Dispatch {
                         KernelOp::Matmul(t) => t.min_batch.max(t.cols),
                         _ => 0,
                     };
+                    let rows = |e: &KernelEntry| match e.op {
+                        KernelOp::Matmul(t) => t.rows,
+                        _ => 0,
+                    };
                     if m <= 1 {
-                        cands
-                            .iter()
-                            .copied()
-                            .find(|e| cols(e) == 1)
+                        let gemv = cands.iter().copied().filter(|e| cols(e) == 1);
+                        gemv.clone()
+                            .find(|e| Some(rows(e)) == self.gemv_rows)
+                            .or_else(|| gemv.clone().next())
                             .or(cands.first().copied())
                     } else {
                         let gemm = cands.iter().copied().filter(|e| cols(e) > 1);

@@ -368,10 +368,19 @@ const PANEL_AVX2_FAST_DECODE: Tile = Tile::panel(16, 4).from_batch(32);
 const PANEL_AVX2_TQ1: Tile = Tile::panel(16, 4).from_batch(8);
 const PANEL_AVX2_I2S64: Tile = Tile::panel(16, 4).from_batch(16);
 
+/// GEMV tile height dispatch prefers on AMD x86 CPUs, where a row lists a GEMV tile of that
+/// many rows (otherwise the row's first GEMV tile, as everywhere else). Measured on a 2-vCPU
+/// AVX-512 VNNI EPYC (Zen 4, 2026-12-02), I2S 6912x2560 from DRAM, three alternations: one
+/// thread 25.4-27.5 GB/s for 2 rows against 22.3-23.5 for 4 rows, two threads 30.2-32.3
+/// against 29.0-30.5; 2B4T decode body 21.0/20.6 against 21.3/21.1 ms/token. (The Xeon
+/// measurements below favour 4 rows, so it is a vendor choice, not a table order.)
+pub const AMD_GEMV_ROWS: usize = 2;
+
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
-/// (dispatch takes the first GEMV tile for one activation row, and the widest GEMM tile that
-/// fits for more). Measured: on an AVX-512 VNNI EPYC I2S streamed DRAM best with 2-/4-row
-/// GEMV tiles and QK256 with one-row tiles; on an AVX-512 VNNI Xeon (Emerald Rapids, 2 cores)
+/// (dispatch takes the first GEMV tile for one activation row, or on AMD one of
+/// [`AMD_GEMV_ROWS`] rows, and the widest GEMM tile that fits for more). Measured: on an
+/// AVX-512 VNNI EPYC I2S streamed DRAM best with 2-/4-row GEMV tiles and QK256 with one-row
+/// tiles; on an AVX-512 VNNI Xeon (Emerald Rapids, 2 cores)
 /// 4-row GEMV tiles stream best for both (I2S 2560x6912 16.9 vs 16.2 GB/s for 2 rows, 6912x2560
 /// 14.9 vs 13.3; QK256 13.0 vs 12.0 for one row), where they also win for the per-block
 /// reductions of TQ1_0 and I2S64. GEMM: 4x4 beats 2x8 (I2S VNNI m=128: 215 vs 135 GMAC/s).
