@@ -372,8 +372,10 @@ const PANEL_AVX2_I2S64: Tile = Tile::panel(16, 4).from_batch(16);
 /// many rows (otherwise the row's first GEMV tile, as everywhere else). Measured on a 2-vCPU
 /// AVX-512 VNNI EPYC (Zen 4, 2026-12-02), I2S 6912x2560 from DRAM, three alternations: one
 /// thread 25.4-27.5 GB/s for 2 rows against 22.3-23.5 for 4 rows, two threads 30.2-32.3
-/// against 29.0-30.5; 2B4T decode body 21.0/20.6 against 21.3/21.1 ms/token. (The Xeon
-/// measurements below favour 4 rows, so it is a vendor choice, not a table order.)
+/// against 29.0-30.5 (`ternforge bench`, two alternations, 1T: 24.2-26.8 against 23.0-25.1);
+/// 2B4T decode body within that machine's noise (20.6-25.6 against 21.1-29.5 ms/token over
+/// five alternations). The Xeon measurements below favour 4 rows, so it is a vendor choice,
+/// not a table order.
 pub const AMD_GEMV_ROWS: usize = 2;
 
 /// The table. Row order is irrelevant; within a row, tiles are listed in order of preference
