@@ -102,32 +102,25 @@ impl Dispatch {
             // its minimum batch, else the narrowest.
             let best = match op {
                 KernelOp::Matmul(_) => {
-                    let cands: Vec<&'static KernelEntry> = cands.collect();
-                    let cols = |e: &KernelEntry| match e.op {
-                        KernelOp::Matmul(t) => t.cols,
-                        _ => 0,
-                    };
-                    let min_batch = |e: &KernelEntry| match e.op {
-                        KernelOp::Matmul(t) => t.min_batch.max(t.cols),
-                        _ => 0,
-                    };
-                    let rows = |e: &KernelEntry| match e.op {
-                        KernelOp::Matmul(t) => t.rows,
-                        _ => 0,
-                    };
-                    if m <= 1 {
-                        let gemv = cands.iter().copied().filter(|e| cols(e) == 1);
+                    // every candidate is a matmul (same op discriminant): pair it with its tile
+                    let cands: Vec<(&'static KernelEntry, crate::Tile)> = cands
+                        .filter_map(|e| match e.op {
+                            KernelOp::Matmul(t) => Some((e, t)),
+                            _ => None,
+                        })
+                        .collect();
+                    let best = if m <= 1 {
+                        let gemv = cands.iter().filter(|(_, t)| t.cols == 1);
                         gemv.clone()
-                            .find(|e| Some(rows(e)) == self.gemv_rows)
+                            .find(|(_, t)| Some(t.rows) == self.gemv_rows)
                             .or_else(|| gemv.clone().next())
-                            .or(cands.first().copied())
                     } else {
-                        let gemm = cands.iter().copied().filter(|e| cols(e) > 1);
+                        let gemm = cands.iter().filter(|(_, t)| t.cols > 1);
                         gemm.clone()
-                            .find(|e| min_batch(e) <= m)
-                            .or_else(|| gemm.clone().min_by_key(|e| cols(e)))
-                            .or(cands.first().copied())
-                    }
+                            .find(|(_, t)| t.min_batch.max(t.cols) <= m)
+                            .or_else(|| gemm.clone().min_by_key(|(_, t)| t.cols))
+                    };
+                    best.or(cands.first()).map(|&(e, _)| e)
                 }
                 _ => cands.next_back(),
             };
